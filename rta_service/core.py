@@ -1,0 +1,294 @@
+"""The decision core: a batch of DecideRequests in, DecideResponses out. Knows nothing of gRPC, so the
+gRPC servicer, a native HTTP endpoint and the micro-batcher below all reuse it.
+
+Per batch: normalise IDs -> one store MGET -> decode -> features -> one model run -> policy.
+Any failure of Redis or the model turns into each strategy's configured fallback with a reason code,
+never an exception to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rta.v1 import decision_pb2 as pb
+
+from . import features, keyspace
+from . import policy as pol
+from .ids import IdNormalizer, NormalizedId
+from .store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_device_ids: int = 32
+    max_strategy_ids: int = 64
+    max_exp_ids: int = 128
+    max_ad_infos: int = 256
+    max_request_id: int = 128
+
+
+def validate(request: pb.DecideRequest, limits: Limits) -> str | None:
+    """What the caller did wrong (-> INVALID_ARGUMENT), or None. Bad IDs are not errors: they are
+    ignored with a reason, and a request with no usable ID is a reasoned no-bid."""
+    if not request.request_id:
+        return "request_id is required"
+    if len(request.request_id) > limits.max_request_id:
+        return f"request_id is longer than {limits.max_request_id} characters"
+    if len(request.device_ids) > limits.max_device_ids:
+        return f"{len(request.device_ids)} device_ids; at most {limits.max_device_ids} are accepted"
+    if len(request.strategy_ids) > limits.max_strategy_ids:
+        return f"{len(request.strategy_ids)} strategy_ids; at most {limits.max_strategy_ids} are accepted"
+    if len(request.platform_exp_ids) > limits.max_exp_ids:
+        return f"{len(request.platform_exp_ids)} platform_exp_ids; at most {limits.max_exp_ids} are accepted"
+    if len(request.ad_infos) > limits.max_ad_infos:
+        return f"{len(request.ad_infos)} ad_infos; at most {limits.max_ad_infos} are accepted"
+    return None
+
+
+@dataclass(slots=True)
+class _Work:
+    """One request that needs a lookup, as it moves through the stages."""
+
+    index: int
+    request: pb.DecideRequest
+    strategies: list[pol.Strategy]
+    ids: list[NormalizedId]
+    keys: list[str] = field(default_factory=list)
+    profile: object = None  # rta.v1.Profile or None (unknown device)
+    matched: NormalizedId | None = None
+    failure: int = 0  # a degraded reason, 0 = fine
+    score: float = math.nan
+
+
+class DecisionCore:
+    def __init__(self, store, model, policy: pol.Policy, normalizer: IdNormalizer, *, metrics=None,
+                 deadline_margin_s: float = 0.002, min_lookup_s: float = 0.0005, max_lookup_s: float = 0.008):
+        self.store = store
+        self.model = model
+        self.policy = policy
+        self.normalizer = normalizer
+        self.metrics = metrics
+        self.margin = deadline_margin_s
+        self.min_lookup = min_lookup_s
+        self.max_lookup = max_lookup_s
+        self._by_id = policy.by_id
+        self._ttl = policy.cache_ttl_seconds
+
+    def ping_response(self, request: pb.DecideRequest) -> pb.DecideResponse:
+        return pb.DecideResponse(request_id=request.request_id, decision=pb.NO_BID,
+                                 internal=pb.Internal(reasons=[pb.PING]))
+
+    async def decide_batch(self, requests: list[pb.DecideRequest], deadlines: list[float]) -> list[pb.DecideResponse]:
+        """Decide every request; `deadlines` are time.monotonic() instants by which each must be answered."""
+        stages = self.metrics.stages if self.metrics else None
+        now = time.time()
+        t0 = time.perf_counter()
+        out: list[pb.DecideResponse | None] = [None] * len(requests)
+        work: list[_Work] = []
+        ignored_by_index: dict[int, list[tuple[int, int]]] = {}
+        for i, req in enumerate(requests):
+            if req.is_ping:
+                out[i] = self.ping_response(req)
+                continue
+            strategies = self._strategies(req)
+            if not strategies:
+                out[i] = self._request_level(req, pb.NO_STRATEGY, [])
+                continue
+            if not req.device_ids:
+                out[i] = self._request_level(req, pb.NO_DEVICE_ID, [])
+                continue
+            ids, ignored = self.normalizer.normalize(req.device_ids)
+            if ignored:
+                ignored_by_index[i] = ignored
+                if self.metrics:
+                    for _, reason in ignored:
+                        self.metrics.ignored_ids.labels(reason=pb.Reason.Name(reason)).inc()
+            if not ids:
+                out[i] = self._request_level(req, pb.NO_VALID_ID, ignored)
+                continue
+            work.append(_Work(i, req, strategies, ids))
+        t1 = time.perf_counter()
+        if stages:
+            stages["ids"].observe(t1 - t0)
+
+        if work:
+            await self._lookup(work, min(deadlines[w.index] for w in work))
+            t2 = time.perf_counter()
+            self._score([w for w in work if not w.failure], now)
+            t3 = time.perf_counter()
+            for w in work:
+                out[w.index] = self._answer(w, ignored_by_index.get(w.index, ()), now)
+            if stages:
+                stages["store"].observe(t2 - t1)
+                stages["model"].observe(t3 - t2)
+                stages["policy"].observe(time.perf_counter() - t3)
+        if stages:
+            stages["batch"].observe(time.perf_counter() - t0)
+        return out  # type: ignore[return-value]
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _strategies(self, req: pb.DecideRequest) -> list[pol.Strategy]:
+        if not req.strategy_ids:
+            return list(self.policy.strategies)
+        seen: dict[str, pol.Strategy] = {}
+        for sid in req.strategy_ids:  # unregistered ids are dropped, as the platforms do
+            s = self._by_id.get(sid)
+            if s is not None:
+                seen.setdefault(sid, s)
+        return list(seen.values())
+
+    async def _lookup(self, work: list[_Work], deadline: float) -> None:
+        keys: list[str] = []
+        for w in work:
+            w.keys = self.store.keys_for(w.ids)
+            keys.extend(w.keys)
+        budget = min(self.max_lookup, deadline - time.monotonic() - self.margin)
+        if budget < self.min_lookup:
+            for w in work:
+                w.failure = pb.DEADLINE_EXCEEDED
+            return
+        try:
+            values = await self.store.mget(keys, budget)
+        except StoreUnavailable as exc:
+            for w in work:
+                w.failure = exc.reason
+            return
+        pos = 0
+        for w in work:
+            for nid, raw in zip(w.ids, values[pos:pos + len(w.keys)], strict=True):
+                if raw is not None:
+                    try:
+                        w.profile = keyspace.decode_profile(raw)
+                    except keyspace.BadRecord as exc:
+                        log.warning("bad profile record under a %s key: %s", pb.IdType.Name(nid.id_type), exc)
+                        w.failure = pb.BAD_PROFILE
+                    w.matched = nid
+                    break
+            pos += len(w.keys)
+
+    def _score(self, work: list[_Work], now: float) -> None:
+        if not work:
+            return
+        rows = [features.build_features(w.profile, w.request.os, w.matched.id_type if w.matched else 0, now)
+                for w in work]
+        try:
+            scores = self.model.predict(np.asarray(rows, dtype=np.float32))
+        except Exception:  # onnxruntime raises several types; any of them means no score
+            log.exception("model failed on a batch of %d", len(work))
+            for w in work:
+                w.failure = pb.MODEL_ERROR
+            return
+        for w, s in zip(work, scores.tolist(), strict=True):
+            w.score = s
+
+    def _answer(self, w: _Work, ignored, now: float) -> pb.DecideResponse:
+        req = w.request
+        profile = w.profile
+        internal = pb.Internal(model_version=self.model.version, known=profile is not None,
+                               score=w.score, degraded=bool(w.failure))
+        if w.matched:
+            internal.matched_id_type = w.matched.id_type
+            internal.matched_id = w.matched.value
+        if profile is not None:
+            internal.one_id = profile.one_id
+        for index, reason in ignored:
+            internal.ignored_ids.add(index=index, reason=reason)
+        if w.failure:
+            verdicts = [(s, pol.fixed(s.fallback, w.failure)) for s in w.strategies]
+        else:
+            bucket, holdout = pol.experiment_bucket(self.policy.experiment, internal.one_id, w.ids[0].value)
+            internal.experiment_bucket = bucket
+            internal.holdout = holdout
+            if holdout:
+                answer = self.policy.experiment.holdout_answer
+                verdicts = [(s, pol.fixed(answer, pb.HOLDOUT)) for s in w.strategies]
+            else:
+                fields = features.profile_fields(profile, now)
+                segments = frozenset(profile.segments) if profile is not None else frozenset()
+                verdicts = [(s, pol.judge(s, fields, segments, w.score)) for s in w.strategies]
+        return self._response(req, verdicts, internal)
+
+    def _response(self, req, verdicts, internal: pb.Internal) -> pb.DecideResponse:
+        resp = pb.DecideResponse(request_id=req.request_id, internal=internal)
+        internal = resp.internal  # the constructor copied it
+        any_bid = False
+        reasons: list[int] = []
+        for s, v in sorted(verdicts, key=lambda sv: sv[1].decision != pb.BID):  # bids' reasons first
+            if v.reason not in reasons:
+                reasons.append(v.reason)
+        for s, v in verdicts:
+            r = resp.results.add(strategy_id=s.id, decision=v.decision, reason=v.reason, dsp_tag=s.dsp_tag)
+            if v.decision == pb.BID:
+                any_bid = True
+                r.weight_factor = v.weight_factor
+                if s.target_cpa_fen:
+                    r.target_cpa_fen = s.target_cpa_fen
+            if self.metrics:
+                self.metrics.strategy_results.labels(strategy=s.id, decision=pb.Decision.Name(v.decision),
+                                                     reason=pb.Reason.Name(v.reason)).inc()
+        internal.reasons.extend(reasons)
+        resp.decision = pb.BID if any_bid else pb.NO_BID
+        ttl = self._ttl
+        resp.cache_ttl_seconds = ttl.degraded if internal.degraded else ttl.bid if any_bid else ttl.no_bid
+        return resp
+
+    def _request_level(self, req, reason: int, ignored) -> pb.DecideResponse:
+        """A no-bid decided before any lookup (no usable ID, no registered strategy)."""
+        internal = pb.Internal(reasons=[reason], model_version=self.model.version, score=math.nan)
+        for index, r in ignored:
+            internal.ignored_ids.add(index=index, reason=r)
+        return pb.DecideResponse(request_id=req.request_id, decision=pb.NO_BID, internal=internal,
+                                 cache_ttl_seconds=self._ttl.no_bid)
+
+
+class MicroBatcher:
+    """Coalesces concurrent calls into batches for DecisionCore. At most `concurrency` batches run at
+    once; while they run, new calls queue and leave together in the next batch. At low load every call
+    is its own batch (no added wait); under load the per-call cost of Redis and the model is shared."""
+
+    def __init__(self, core: DecisionCore, max_batch: int = 128, concurrency: int = 2, metrics=None):
+        self.core = core
+        self.max_batch = max_batch
+        self.concurrency = concurrency
+        self.metrics = metrics
+        self._queue: list[tuple[pb.DecideRequest, float, asyncio.Future]] = []
+        self._active = 0
+
+    async def decide(self, request: pb.DecideRequest, deadline: float) -> pb.DecideResponse:
+        if request.is_ping:
+            return self.core.ping_response(request)
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((request, deadline, fut))
+        if self._active < self.concurrency:
+            self._active += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[:self.max_batch]
+                del self._queue[:self.max_batch]
+                if self.metrics:
+                    self.metrics.batch_size.observe(len(batch))
+                try:
+                    responses = await self.core.decide_batch([b[0] for b in batch], [b[1] for b in batch])
+                except Exception as exc:  # a bug: fail these calls (INTERNAL), keep serving
+                    log.exception("decision batch failed")
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, _, fut), resp in zip(batch, responses, strict=True):
+                    if not fut.done():  # the caller may have gone (cancelled)
+                        fut.set_result(resp)
+        finally:
+            self._active -= 1

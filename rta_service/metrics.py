@@ -1,0 +1,59 @@
+"""All Prometheus metrics of the service, in one place. Labels are low-cardinality enums only: never
+a device ID, request ID or strategy set. Exposed on the admin port (`admin_listen`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Sub-millisecond resolution where the request path lives (seconds).
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+                   0.01, 0.016, 0.025, 0.05, 0.1, 0.25)
+STAGES = ("ids", "store", "decode", "features", "model", "policy", "batch")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter("rta_decisions", "Answers by decision and main reason",
+                                 ["decision", "reason", "model_version"], registry=r)
+        self.strategy_results = Counter("rta_strategy_results", "Per-strategy results",
+                                        ["strategy", "decision", "reason"], registry=r)
+        self.request_latency = Histogram("rta_request_seconds", "Time inside the service per Decide call",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_latency = Histogram("rta_stage_seconds", "Time per stage per micro-batch", ["stage"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("rta_batch_size", "Requests decided together",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.ignored_ids = Counter("rta_ignored_ids", "Device IDs ignored", ["reason"], registry=r)
+        self.invalid_requests = Counter("rta_invalid_requests", "Requests refused with INVALID_ARGUMENT",
+                                        registry=r)
+        self.store_up = Gauge("rta_store_up", "1 while Redis answers", registry=r)
+        self.store_generation = Gauge("rta_store_generation", "Live profile keyspace generation", registry=r)
+        self.in_flight = Gauge("rta_in_flight", "Decide calls being served", registry=r)
+        self.stages = {s: self.stage_latency.labels(stage=s) for s in STAGES}
+
+    def serve(self, listen: str):
+        """Start the /metrics endpoint in a thread; returns the bound port (listen may use port 0)."""
+        host, _, port = listen.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        self._http = server
+        return server.server_port
+
+    def close(self) -> None:
+        if getattr(self, "_http", None):
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+def observe_response(metrics: Metrics | None, resp, seconds: float) -> None:
+    """Count one answer by decision and main reason, and its time inside the service."""
+    if metrics is None:
+        return
+    from rta.v1 import decision_pb2 as pb  # noqa: PLC0415 - keep this module importable on its own
+
+    reason = resp.internal.reasons[0] if resp.internal.reasons else pb.REASON_UNSPECIFIED
+    metrics.decisions.labels(decision=pb.Decision.Name(resp.decision), reason=pb.Reason.Name(reason),
+                             model_version=resp.internal.model_version).inc()
+    metrics.request_latency.observe(seconds)
