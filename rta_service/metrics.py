@@ -4,6 +4,7 @@ a device ID, request ID or strategy set. Exposed on the admin port (`admin_liste
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from rta.v1 import decision_pb2 as pb
 
 # Sub-millisecond resolution where the request path lives (seconds).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
@@ -32,6 +33,30 @@ class Metrics:
         self.store_generation = Gauge("rta_store_generation", "Live profile keyspace generation", registry=r)
         self.in_flight = Gauge("rta_in_flight", "Decide calls being served", registry=r)
         self.stages = {s: self.stage_latency.labels(stage=s) for s in STAGES}
+        self._children: dict[tuple, object] = {}  # labels() costs microseconds; cache the children
+
+    def strategy_result(self, strategy: str, decision: int, reason: int):
+        key = ("s", strategy, decision, reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.strategy_results.labels(
+                strategy=strategy, decision=pb.Decision.Name(decision), reason=pb.Reason.Name(reason))
+        return child
+
+    def decision(self, decision: int, reason: int, model_version: str):
+        key = ("d", decision, reason, model_version)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.decisions.labels(
+                decision=pb.Decision.Name(decision), reason=pb.Reason.Name(reason), model_version=model_version)
+        return child
+
+    def ignored_id(self, reason: int):
+        key = ("i", reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.ignored_ids.labels(reason=pb.Reason.Name(reason))
+        return child
 
     def serve(self, listen: str):
         """Start the /metrics endpoint in a thread; returns the bound port (listen may use port 0)."""
@@ -51,9 +76,6 @@ def observe_response(metrics: Metrics | None, resp, seconds: float) -> None:
     """Count one answer by decision and main reason, and its time inside the service."""
     if metrics is None:
         return
-    from rta.v1 import decision_pb2 as pb  # noqa: PLC0415 - keep this module importable on its own
-
-    reason = resp.internal.reasons[0] if resp.internal.reasons else pb.REASON_UNSPECIFIED
-    metrics.decisions.labels(decision=pb.Decision.Name(resp.decision), reason=pb.Reason.Name(reason),
-                             model_version=resp.internal.model_version).inc()
+    reasons = resp.internal.reasons
+    metrics.decision(resp.decision, reasons[0] if reasons else 0, resp.internal.model_version).inc()
     metrics.request_latency.observe(seconds)

@@ -55,7 +55,8 @@ class OnnxModel:
         except (KeyError, ValueError) as exc:
             raise ModelError(f"{path}: no valid {META_FEATURES} in the model metadata") from exc
         if names != tuple(expected_features):
-            raise ModelError(f"{path}: model features {list(names)} differ from the feature builder's {list(expected_features)}")
+            raise ModelError(f"{path}: model features {list(names)} differ from the feature builder's "
+                             f"{list(expected_features)}")
         model = cls(session, meta.get(META_VERSION, path.stem), json.loads(meta.get(META_METRICS, "{}")), names)
         model.predict(np.full((2, len(names)), np.nan, dtype=np.float32))  # fail at start-up, not on a request
         return model

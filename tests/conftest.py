@@ -22,3 +22,36 @@ def redis_url(redis_server) -> str:
         redis_server.start()
     redis.Redis.from_url(redis_server.url).flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def golden_model_path(tmp_path_factory):
+    from tests import golden_model
+
+    path = tmp_path_factory.mktemp("model") / "golden.onnx"
+    golden_model.build(path)
+    return path
+
+
+@pytest.fixture
+def service(redis_url, golden_model_path, tmp_path):
+    """Start the real gRPC server (port 0) against the test Redis; `service(**settings)` -> handle."""
+    from tests.service_handle import ServiceHandle
+
+    handles = []
+
+    def start(**overrides):
+        settings = dict(listen="127.0.0.1:0", admin_listen="127.0.0.1:0", redis_url=redis_url,
+                        model_path=golden_model_path, policy_path=TEST_POLICY, redis_retry_after_ms=100,
+                        generation_refresh_ms=100)
+        settings.update(overrides)
+        handle = ServiceHandle(settings).start()
+        handles.append(handle)
+        return handle
+
+    yield start
+    for h in handles:
+        h.stop()
+
+
+TEST_POLICY = __import__("pathlib").Path(__file__).parent / "cases" / "policy.yaml"

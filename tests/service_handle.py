@@ -1,0 +1,64 @@
+"""Runs the real asyncio gRPC server in a background thread so that tests can use a plain blocking
+client. No mocks: the server, Redis and the model are the production ones."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import grpc
+import redis
+
+from rta.v1 import decision_pb2_grpc as pb_grpc
+from rta.v1 import profile_pb2
+from rta_service import keyspace
+from rta_service.server import create_server
+from rta_service.settings import load_settings
+
+
+class ServiceHandle:
+    def __init__(self, overrides: dict):
+        self.settings = load_settings(**overrides)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = None
+        self.channel = None
+
+    def _call(self, coro, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> ServiceHandle:
+        self.thread.start()
+
+        async def _start():
+            self.server = create_server(self.settings)
+            return await self.server.start()
+
+        self.port = self._call(_start())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.RtaServiceStub(self.channel)
+        return self
+
+    @property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url)
+
+    def put_profile(self, id_type: int, md5hex: str, profile: profile_pb2.Profile, generation: int = 1) -> None:
+        """Write one record the way the CDP exporter does, and make its generation live."""
+        r = self.redis
+        r.set(keyspace.device_key(self.settings.redis_namespace, generation, id_type, md5hex),
+              keyspace.encode_profile(profile))
+        r.set(keyspace.generation_key(self.settings.redis_namespace), generation)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the live generation now instead of waiting for the background refresh."""
+        self._call(self.server.deps.store.refresh())
+
+    def stop(self) -> None:
+        if self.channel:
+            self.channel.close()
+        if self.server:
+            self._call(self.server.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
