@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from rta.v1 import decision_pb2 as pb
 
 from .ids import DEFAULT_PRECEDENCE
@@ -113,13 +113,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 
 
 def _env_only() -> dict[str, Any]:
-    """RTA_* variables parsed by pydantic-settings (so lists may be JSON), without defaults."""
-
-    class _EnvOnly(Settings):
-        model_config = SettingsConfigDict(env_prefix="RTA_", extra="ignore")
-
-    parsed = _EnvOnly()
-    return {k: getattr(parsed, k) for k in parsed.model_fields_set}
+    """RTA_* variables as pydantic-settings reads them (lists may be JSON), not yet validated, so that
+    their errors are reported together with the file's."""
+    return EnvSettingsSource(Settings)()
 
 
 def format_errors(exc: ValidationError, source: str | Path | None) -> str:

@@ -1,0 +1,120 @@
+"""Redis killed, paused and restarted while the service answers: every call still gets an answer in
+time (the strategies' fallbacks, with a reason), and the service recovers by itself."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rta.v1 import decision_pb2 as pb
+from rta.v1 import profile_pb2
+
+from rta_service.embedded_redis import EmbeddedRedis
+
+OAID = "c0535cfbee4c09086c42fa39f120250f"
+REQUEST = pb.DecideRequest(request_id="d", device_ids=[pb.DeviceId(type=pb.OAID, value=OAID)])
+DEADLINE_S = 0.060  # what the platform allows end to end; the service must answer inside it
+
+
+@pytest.fixture
+def own_redis():
+    server = EmbeddedRedis().start()
+    yield server
+    server.close()
+
+
+def _wait_for(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _health(svc):
+    return health_pb2_grpc.HealthStub(svc.channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+
+
+def test_redis_killed_then_restarted(service, own_redis):
+    svc = service(redis_url=own_redis.url)
+    svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
+    assert svc.stub.Decide(REQUEST, timeout=DEADLINE_S).internal.reasons[0] == pb.SCORED
+
+    own_redis.stop()
+    for _ in range(20):
+        t0 = time.monotonic()
+        resp = svc.stub.Decide(REQUEST, timeout=DEADLINE_S)
+        assert time.monotonic() - t0 < DEADLINE_S
+        assert resp.internal.degraded
+        assert resp.internal.reasons[0] == pb.STORE_ERROR
+        by_id = {r.strategy_id: r for r in resp.results}
+        assert by_id["acq_new"].decision == pb.BID and by_id["acq_new"].weight_factor == 0.5  # its fallback
+        assert by_id["winback_lapsed"].decision == pb.NO_BID
+        assert resp.cache_ttl_seconds == 60
+    assert _wait_for(lambda: _health(svc) == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    own_redis.start()  # same port, empty: the CDP would reload it
+    svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
+    assert _wait_for(lambda: not svc.stub.Decide(REQUEST, timeout=DEADLINE_S).internal.degraded)
+    assert svc.stub.Decide(REQUEST, timeout=DEADLINE_S).internal.one_id == "p"
+    assert _wait_for(lambda: _health(svc) == health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_slow_redis_times_out_within_the_deadline(service, own_redis):
+    svc = service(redis_url=own_redis.url, redis_timeout_ms=8)
+    svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
+    svc.redis.execute_command("CLIENT", "PAUSE", 500, "ALL")
+    t0 = time.monotonic()
+    resp = svc.stub.Decide(REQUEST, timeout=DEADLINE_S)
+    assert time.monotonic() - t0 < DEADLINE_S
+    assert resp.internal.degraded and resp.internal.reasons[0] == pb.STORE_TIMEOUT
+    time.sleep(0.6)
+    assert _wait_for(lambda: not svc.stub.Decide(REQUEST, timeout=DEADLINE_S).internal.degraded)
+
+
+def test_short_caller_deadline_skips_the_lookup(service):
+    svc = service(deadline_margin_ms=45, min_lookup_ms=1)
+    resp = svc.stub.Decide(REQUEST, timeout=0.040)  # less than the margin: no time to look anything up
+    assert resp.internal.degraded and resp.internal.reasons[0] == pb.DEADLINE_EXCEEDED
+
+
+def test_redis_restart_under_load_every_call_answered(service, own_redis):
+    svc = service(redis_url=own_redis.url)
+    svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
+    stop = threading.Event()
+    results: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def load():
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                resp = svc.stub.Decide(REQUEST, timeout=DEADLINE_S)
+                outcome = pb.Reason.Name(resp.internal.reasons[0])
+            except grpc.RpcError as exc:
+                outcome = exc.code().name
+            with lock:
+                results.append((outcome, time.monotonic() - t0))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    own_redis.stop()
+    time.sleep(1.0)
+    own_redis.start()
+    svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    outcomes = [o for o, _ in results]
+    assert set(outcomes) <= {"SCORED", "STORE_ERROR", "STORE_TIMEOUT"}, set(outcomes)
+    assert "STORE_ERROR" in outcomes
+    assert outcomes[-1] == "SCORED"  # recovered by itself
+    late = [dt for _, dt in results if dt >= DEADLINE_S]
+    assert not late, f"{len(late)} of {len(results)} calls missed the deadline"

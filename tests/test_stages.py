@@ -1,0 +1,156 @@
+"""Unit tests of the pure stages: ids, bucketing, features, policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pydantic
+import pytest
+from rta.v1 import decision_pb2 as pb
+from rta.v1 import profile_pb2
+
+from rta_service import bucketing, features, keyspace
+from rta_service import policy as pol
+from rta_service.ids import IdNormalizer, hash_raw
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "bucketing.json").read_text())
+
+
+# -- ids ----------------------------------------------------------------------------------------
+def test_platform_hash_rules():
+    assert hash_raw(pb.IMEI, "86ABC") == hashlib.md5(b"86abc").hexdigest()
+    assert hash_raw(pb.IDFA, "6d92078a-8246") == hashlib.md5(b"6D92078A-8246").hexdigest()
+    assert hash_raw(pb.OAID, "AbC") == hashlib.md5(b"AbC").hexdigest()
+
+
+def test_all_zero_idfa_hashes_to_the_doubtful_value():
+    assert hash_raw(pb.IDFA, "00000000-0000-0000-0000-000000000000") == "9f89c84a559f573636a47ff8daed0d33"
+
+
+def test_precedence_and_lower_casing():
+    n = IdNormalizer()
+    ids, ignored = n.normalize([pb.DeviceId(type=pb.ANDROID_ID, value="A" * 32),
+                                pb.DeviceId(type=pb.IMEI, value="B" * 32),
+                                pb.DeviceId(type=pb.OAID, value="c" * 32)])
+    assert [(i.id_type, i.value, i.index) for i in ids] == [
+        (pb.IMEI, "b" * 32, 1), (pb.OAID, "c" * 32, 2), (pb.ANDROID_ID, "a" * 32, 0)]
+    assert ignored == []
+
+
+def test_types_outside_the_precedence_are_not_looked_up():
+    ids, ignored = IdNormalizer(("OAID",)).normalize([pb.DeviceId(type=pb.IMEI, value="b" * 32)])
+    assert ids == [] and ignored == [(0, pb.UNSUPPORTED_ID_TYPE)]
+
+
+def test_configured_extra_doubtful_value():
+    bad = "e" * 32
+    ids, ignored = IdNormalizer(extra_doubtful=(bad.upper(),)).normalize([pb.DeviceId(type=pb.OAID, value=bad)])
+    assert ids == [] and ignored == [(0, pb.DOUBTFUL_ID)]
+
+
+@pytest.mark.parametrize("did, reason", [
+    (pb.DeviceId(type=pb.OAID, value=""), pb.MALFORMED_ID),
+    (pb.DeviceId(type=pb.OAID, value="g" * 32), pb.MALFORMED_ID),
+    (pb.DeviceId(type=pb.OAID, hash=pb.RAW, value="x" * 129), pb.MALFORMED_ID),
+    (pb.DeviceId(type=pb.OAID, hash=pb.RAW, value="ü"), pb.MALFORMED_ID),
+    (pb.DeviceId(type=pb.ID_TYPE_UNSPECIFIED, value="a" * 32), pb.UNSUPPORTED_ID_TYPE),
+    (pb.DeviceId(type=pb.OAID, value="d41d8cd98f00b204e9800998ecf8427e"), pb.DOUBTFUL_ID),
+    (pb.DeviceId(type=pb.IDFA, hash=pb.RAW, value="00000000-0000-0000-0000-000000000000"), pb.DOUBTFUL_ID),
+])
+def test_ignored_ids(did, reason):
+    ids, ignored = IdNormalizer().normalize([did])
+    assert ids == [] and ignored == [(0, reason)]
+
+
+# -- bucketing ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: f"{v['salt']}:{v['key']}")
+def test_bucketing_vectors(vector):
+    assert bucketing.bucket(vector["salt"], vector["key"]) == vector["bucket"]
+
+
+def test_holdout_share_is_respected_over_many_keys():
+    share = sum(bucketing.in_holdout(bucketing.bucket("s", f"p{i}"), 0.1) for i in range(20000)) / 20000
+    assert 0.09 < share < 0.11
+
+
+# -- features -----------------------------------------------------------------------------------
+def test_features_of_a_known_profile():
+    now = 1_800_000_000.0
+    p = profile_pb2.Profile(is_member=True, order_count=3, last_order_ts=int(now - 10 * 86400),
+                            monetary_fen=12345, wecom_friend=True, channel_count=2, device_count=3)
+    row = dict(zip(features.FEATURE_NAMES, features.build_features(p, pb.IOS, pb.IDFA, now), strict=True))
+    assert row["known"] == 1 and row["is_member"] == 1 and row["order_count"] == 3
+    assert row["days_since_last_order"] == pytest.approx(10)
+    assert math.isnan(row["days_since_first_seen"])
+    assert row["monetary_yuan"] == pytest.approx(123.45)
+    assert row["os_ios"] == 1 and row["matched_id_type"] == pb.IDFA
+    assert row["hour_of_day"] == ((now + 8 * 3600) // 3600) % 24
+
+
+def test_features_of_an_unknown_device():
+    row = features.build_features(None, pb.OS_UNKNOWN, 0, 0.0)
+    assert len(row) == features.N_FEATURES
+    assert row[0] == 0 and math.isnan(row[features.FEATURE_NAMES.index("os_ios")])
+
+
+# -- keyspace -----------------------------------------------------------------------------------
+def test_profile_round_trip_and_version_check():
+    raw = keyspace.encode_profile(profile_pb2.Profile(one_id="x"))
+    assert keyspace.decode_profile(raw).version == keyspace.PROFILE_VERSION
+    with pytest.raises(keyspace.BadRecord):
+        keyspace.decode_profile(profile_pb2.Profile(version=keyspace.PROFILE_VERSION + 1).SerializeToString())
+    with pytest.raises(keyspace.BadRecord):
+        keyspace.decode_profile(b"\xff\xff\xff")
+    assert keyspace.device_key("rta", 3, pb.OAID, "ab") == "rta:3:o:ab"
+
+
+# -- policy -------------------------------------------------------------------------------------
+STRATEGY = {"id": "s1", "weight": {"reference_score": 0.1}, "fallback": {"decision": "NO_BID"}}
+
+
+def test_policy_reports_every_problem_at_once():
+    bad = {"strategies": [
+        {**STRATEGY, "id": "has space"},
+        {**STRATEGY, "weight": {"reference_score": 0.1, "max": 9}},
+        {**STRATEGY, "audience": {"where": [{"field": "shoe_size", "min": 40}]}},
+        {**STRATEGY, "colour": "red"},
+    ]}
+    with pytest.raises(pydantic.ValidationError) as info:
+        pol.Policy.model_validate(bad)
+    locs = {e["loc"][:3] for e in info.value.errors()}
+    assert ("strategies", 0, "id") in locs
+    assert ("strategies", 1, "weight") in locs
+    assert ("strategies", 2, "audience") in locs
+    assert ("strategies", 3, "colour") in locs
+
+
+def test_duplicate_strategy_ids_refused():
+    with pytest.raises(pydantic.ValidationError, match="duplicate strategy ids"):
+        pol.Policy.model_validate({"strategies": [STRATEGY, STRATEGY]})
+
+
+def test_weight_factor_clamped_to_platform_range():
+    w = pol.Weight(reference_score=0.1)
+    assert pol.weight_factor(w, 0.0) == 0.2 and pol.weight_factor(w, 0.9) == 5.0
+    assert pol.weight_factor(w, 0.15) == pytest.approx(1.5)
+
+
+def test_audience_rules():
+    aud = pol.Audience(devices="known", exclude_segments=("vip",),
+                       where=(pol.Condition(field="days_since_last_order", min=90, max=180),))
+    fields = {"known": True, "days_since_last_order": 120.0}
+    assert pol.audience_admits(aud, fields, {"member"})
+    assert not pol.audience_admits(aud, fields, {"vip"})
+    assert not pol.audience_admits(aud, {"known": True, "days_since_last_order": 60.0}, set())
+    assert not pol.audience_admits(aud, {"known": True, "days_since_last_order": math.nan}, set())
+    assert not pol.audience_admits(aud, {"known": False}, set())
+    assert pol.audience_admits(pol.Audience(devices="unknown"), {"known": False}, set())
+
+
+def test_shipped_policy_is_valid():
+    from rta_service.settings import DEFAULTS_DIR
+
+    assert {s.id for s in pol.load_policy(DEFAULTS_DIR / "policy.yaml").strategies} == {"acq_new", "winback_lapsed"}
