@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from rta.v1 import decision_pb2 as pb
 
 from . import features, keyspace
@@ -266,12 +267,25 @@ class MicroBatcher:
     async def decide(self, request: pb.DecideRequest, deadline: float) -> pb.DecideResponse:
         if request.is_ping:
             return self.core.ping_response(request)
+        if self._active < self.concurrency and not self._queue:
+            # A free slot and nobody waiting: decide inline, a batch of one, with no hand-off.
+            self._active += 1
+            try:
+                if self.metrics:
+                    self.metrics.batch_size.observe(1)
+                return (await self.core.decide_batch([request], [deadline]))[0]
+            finally:
+                self._active -= 1
+                self._kick()
         fut = asyncio.get_running_loop().create_future()
         self._queue.append((request, deadline, fut))
-        if self._active < self.concurrency:
+        self._kick()
+        return await fut
+
+    def _kick(self) -> None:
+        if self._queue and self._active < self.concurrency:
             self._active += 1
             asyncio.get_running_loop().create_task(self._drain())
-        return await fut
 
     async def _drain(self) -> None:
         try:

@@ -4,6 +4,7 @@ a device ID, request ID or strategy set. Exposed on the admin port (`admin_liste
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
 from rta.v1 import decision_pb2 as pb
 
 # Sub-millisecond resolution where the request path lives (seconds).

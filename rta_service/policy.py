@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from rta.v1 import decision_pb2 as pb
 
 from . import bucketing

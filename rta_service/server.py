@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+
 from rta.v1 import decision_pb2 as pb
 from rta.v1 import decision_pb2_grpc as pb_grpc
 

@@ -9,6 +9,7 @@ import logging
 import time
 
 import grpc
+
 from rta.v1 import decision_pb2 as pb
 from rta.v1 import decision_pb2_grpc as pb_grpc
 

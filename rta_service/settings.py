@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
 from rta.v1 import decision_pb2 as pb
 
 from .ids import DEFAULT_PRECEDENCE

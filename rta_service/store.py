@@ -19,6 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
 from rta.v1 import decision_pb2 as pb
 
 from . import keyspace

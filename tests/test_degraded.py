@@ -9,9 +9,9 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from rta.v1 import decision_pb2 as pb
 from rta.v1 import profile_pb2
-
 from rta_service.embedded_redis import EmbeddedRedis
 
 OAID = "c0535cfbee4c09086c42fa39f120250f"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pydantic
 import pytest
+
 from rta.v1 import decision_pb2 as pb
 from rta.v1 import profile_pb2
-
 from rta_service import bucketing, features, keyspace
 from rta_service import policy as pol
 from rta_service.ids import IdNormalizer, hash_raw
