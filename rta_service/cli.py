@@ -76,7 +76,8 @@ def _bench(opts) -> int:
     with redis_for_demo() as redis_url, tempfile.TemporaryDirectory(prefix="rta-bench-") as tmp:
         art = prepare(Path(tmp), redis_url, opts.people, opts.seed)
         requests = load_requests(art.world, opts.distinct, ping_share=0.0, seed=opts.seed)[0]
-        with ServerProcess(redis_url=redis_url, model_path=art.model) as server:
+        settings = dict(kv.split("=", 1) for kv in opts.set)
+        with ServerProcess(redis_url=redis_url, model_path=art.model, **settings) as server:
             say(f"[bench]    rta serve on {server.target}; echo vs decide, {opts.rounds} rounds")
             result = asyncio.run(bench.measure(server.target, requests, opts.calls, opts.concurrency, opts.rounds))
     say(bench.report(result))
@@ -133,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                   help="a service setting for this run, e.g. --set max_batch=1 (repeatable)")
     p.set_defaults(func=_bench)
     return parser
 

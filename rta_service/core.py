@@ -24,6 +24,7 @@ from .ids import IdNormalizer, NormalizedId
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
+LOG_EVERY_S = 10.0  # recurring failures (a broken model, bad records) are logged at most this often
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,14 @@ class DecisionCore:
         self.max_lookup = max_lookup_s
         self._by_id = policy.by_id
         self._ttl = policy.cache_ttl_seconds
+        self._last_warned: dict[str, float] = {}
+
+    def _warn(self, kind: str, msg: str, *args) -> None:
+        """Log a recurring failure at most once per LOG_EVERY_S per kind; metrics count every one."""
+        now = time.monotonic()
+        if now - self._last_warned.get(kind, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last_warned[kind] = now
+            log.warning(msg, *args)
 
     def ping_response(self, request: pb.DecideRequest) -> pb.DecideResponse:
         return pb.DecideResponse(request_id=request.request_id, decision=pb.NO_BID,
@@ -168,7 +177,7 @@ class DecisionCore:
                     try:
                         w.profile = keyspace.decode_profile(raw)
                     except keyspace.BadRecord as exc:
-                        log.warning("bad profile record under a %s key: %s", pb.IdType.Name(nid.id_type), exc)
+                        self._warn("record", "bad profile record under a %s key: %s", pb.IdType.Name(nid.id_type), exc)
                         w.failure = pb.BAD_PROFILE
                     w.matched = nid
                     break
@@ -181,8 +190,8 @@ class DecisionCore:
                 for w in work]
         try:
             scores = self.model.predict(np.asarray(rows, dtype=np.float32))
-        except Exception:  # onnxruntime raises several types; any of them means no score
-            log.exception("model failed on a batch of %d", len(work))
+        except Exception as exc:  # onnxruntime raises several types; any of them means no score
+            self._warn("model", "model failed on a batch of %d: %s", len(work), exc)
             for w in work:
                 w.failure = pb.MODEL_ERROR
             return

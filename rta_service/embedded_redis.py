@@ -50,8 +50,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class EmbeddedRedis:
     """`with EmbeddedRedis() as r: r.url` - or start()/stop(); restartable on the same port."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None):
+    def __init__(self, port: int | None = None, binary: str | None = None, extra_args: tuple[str, ...] = ()):
         self.binary = binary or find_redis_server()
+        self.extra_args = tuple(extra_args)
         self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="rta-redis-")
         self.proc: subprocess.Popen | None = None
@@ -62,7 +63,7 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self._dir.name, "--daemonize", "no", "--loglevel", "warning"]
+                "--dir", self._dir.name, "--daemonize", "no", "--loglevel", "warning", *self.extra_args]
         for _ in range(5):
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          preexec_fn=_die_with_parent)

@@ -28,12 +28,20 @@ def expected_score(row: list[float]) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def build(path, feature_names=features.FEATURE_NAMES, version: str = VERSION) -> None:
+def build(path, feature_names=features.FEATURE_NAMES, version: str = VERSION, only_pairs: bool = False) -> None:
+    """only_pairs: a model that breaks at run time unless given exactly two rows (it reshapes its input
+    to [2, F]): it passes the service's start-up check, then fails on a single request."""
     n = len(feature_names)
     w = np.array([[WEIGHTS.get(f, 0.0)] for f in feature_names], dtype=np.float32)
+    first = "features"
+    extra = []
+    if only_pairs:
+        first = "pairs"
+        extra = [helper.make_node("Reshape", ["features", "pair_shape"], ["pairs"])]
     nodes = [
-        helper.make_node("IsNaN", ["features"], ["nan_mask"]),
-        helper.make_node("Where", ["nan_mask", "zero", "features"], ["clean"]),
+        *extra,
+        helper.make_node("IsNaN", [first], ["nan_mask"]),
+        helper.make_node("Where", ["nan_mask", "zero", first], ["clean"]),
         helper.make_node("MatMul", ["clean", "w"], ["z0"]),
         helper.make_node("Add", ["z0", "bias"], ["z"]),
         helper.make_node("Sigmoid", ["z"], ["p1"]),
@@ -49,6 +57,7 @@ def build(path, feature_names=features.FEATURE_NAMES, version: str = VERSION) ->
             helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
             helper.make_tensor("bias", TensorProto.FLOAT, [], [BIAS]),
             helper.make_tensor("w", TensorProto.FLOAT, [n, 1], w.ravel().tolist()),
+            helper.make_tensor("pair_shape", TensorProto.INT64, [2], [2, n]),
         ])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     m.ir_version = 8

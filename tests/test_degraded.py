@@ -118,3 +118,16 @@ def test_redis_restart_under_load_every_call_answered(service, own_redis):
     assert outcomes[-1] == "SCORED"  # recovered by itself
     late = [dt for _, dt in results if dt >= DEADLINE_S]
     assert not late, f"{len(late)} of {len(results)} calls missed the deadline"
+
+
+def test_model_failure_answers_the_fallbacks(service, tmp_path):
+    from tests import golden_model
+
+    broken = tmp_path / "breaks-on-one-row.onnx"
+    golden_model.build(broken, only_pairs=True)
+    svc = service(model_path=broken)
+    resp = svc.stub.Decide(REQUEST, timeout=DEADLINE_S)
+    assert resp.internal.degraded and resp.internal.reasons[0] == pb.MODEL_ERROR
+    assert {r.strategy_id: r.decision for r in resp.results} == {"acq_new": pb.BID, "winback_lapsed": pb.NO_BID}
+    assert svc.stub.Decide(pb.DecideRequest(request_id="p", is_ping=True), timeout=DEADLINE_S).internal.reasons == [
+        pb.PING]

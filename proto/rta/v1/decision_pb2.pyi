@@ -121,20 +121,22 @@ UNSUPPORTED_ID_TYPE: Reason
 DUPLICATE_ID: Reason
 
 class DeviceId(_message.Message):
-    __slots__ = ("type", "hash", "value", "caid_version", "doubtful", "app_id")
+    __slots__ = ("type", "hash", "value", "caid_version", "doubtful", "app_id", "caid_origin_version")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     CAID_VERSION_FIELD_NUMBER: _ClassVar[int]
     DOUBTFUL_FIELD_NUMBER: _ClassVar[int]
     APP_ID_FIELD_NUMBER: _ClassVar[int]
+    CAID_ORIGIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     type: IdType
     hash: HashKind
     value: str
     caid_version: str
     doubtful: bool
     app_id: str
-    def __init__(self, type: _Optional[_Union[IdType, str]] = ..., hash: _Optional[_Union[HashKind, str]] = ..., value: _Optional[str] = ..., caid_version: _Optional[str] = ..., doubtful: _Optional[bool] = ..., app_id: _Optional[str] = ...) -> None: ...
+    caid_origin_version: str
+    def __init__(self, type: _Optional[_Union[IdType, str]] = ..., hash: _Optional[_Union[HashKind, str]] = ..., value: _Optional[str] = ..., caid_version: _Optional[str] = ..., doubtful: _Optional[bool] = ..., app_id: _Optional[str] = ..., caid_origin_version: _Optional[str] = ...) -> None: ...
 
 class AdInfo(_message.Message):
     __slots__ = ("ad_id", "creative_id", "advertiser_id")
