@@ -1,6 +1,6 @@
 """`rta bench`: Decide against a bare Echo on the same server stack, in one run.
 
-Both RPCs go through the same `rta serve` process (same grpc.aio server, interceptors, limits), so
+Both RPCs go through the same `rta serve` process (same grpc.aio server, limits, event loop), so
 their ratio is the cost of deciding. Each round measures, for Echo then Decide:
 - one call in flight: p50/p99 latency as the client sees it;
 - `concurrency` calls in flight (closed loop): throughput and p50/p99.
@@ -10,7 +10,6 @@ Nothing is asserted: figures are printed (and written as JSON with --json).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import time
@@ -19,52 +18,36 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from loadtest.client import closed_loop, sequential
 from rta.v1 import decision_pb2 as pb
 from rta.v1 import decision_pb2_grpc as pb_grpc
 
 
-async def _sequential(call, requests, n: int) -> np.ndarray:
-    lat = np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter()
-        await call(requests[i % len(requests)], timeout=1.0)
-        lat[i] = time.perf_counter() - t0
-    return lat
-
-
-async def _closed_loop(call, requests, n: int, concurrency: int) -> tuple[float, np.ndarray]:
-    lat = np.empty(n)
-    counter = iter(range(n))
-
-    async def worker():
-        for i in counter:
-            t0 = time.perf_counter()
-            await call(requests[i % len(requests)], timeout=1.0)
-            lat[i] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return n / (time.perf_counter() - t0), lat
+def _latencies(results) -> np.ndarray:
+    failed = [r for r, _ in results if isinstance(r, grpc.StatusCode)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} calls failed during the bench, e.g. {failed[0]}")
+    return np.array([seconds for _, seconds in results])
 
 
 def _pct(lat: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(lat, 50) * 1000), float(np.percentile(lat, 99) * 1000)
 
 
-async def measure(target: str, decide_requests: list, calls: int = 3000, concurrency: int = 16,
-                  rounds: int = 3) -> dict:
+def measure(target: str, decide_requests: list, calls: int = 3000, concurrency: int = 16, rounds: int = 3) -> dict:
     echo_requests = [pb.EchoRequest(payload=r.SerializeToString()) for r in decide_requests[:1000]]
-    async with grpc.aio.insecure_channel(target) as channel:
+    with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RtaServiceStub(channel)
         kinds = {"echo": (stub.Echo, echo_requests), "decide": (stub.Decide, decide_requests)}
-        for call, reqs in kinds.values():  # warm up connections, caches and the model
-            await _closed_loop(call, reqs, 500, concurrency)
+        for method, reqs in kinds.values():  # warm up connections, caches and the model
+            closed_loop(method, reqs, 500, concurrency, 5.0)
         per_round: dict[str, list[dict]] = {k: [] for k in kinds}
         for _ in range(rounds):
-            for kind, (call, reqs) in kinds.items():
-                seq = await _sequential(call, reqs, max(200, calls // 3))
-                thr, conc = await _closed_loop(call, reqs, calls, concurrency)
-                s50, s99 = _pct(seq)
+            for kind, (method, reqs) in kinds.items():
+                s50, s99 = _pct(_latencies(sequential(method, reqs, max(300, calls // 3), 5.0)))
+                t0 = time.perf_counter()
+                conc = _latencies(closed_loop(method, reqs, calls, concurrency, 5.0))
+                thr = calls / (time.perf_counter() - t0)
                 c50, c99 = _pct(conc)
                 per_round[kind].append({"throughput": thr, "p50_ms_1": s50, "p99_ms_1": s99,
                                         "p50_ms_n": c50, "p99_ms_n": c99})

@@ -14,12 +14,14 @@ from rta.v1 import decision_pb2 as pb
 
 def load_requests(world_dir: str | Path, n: int | None = None, ping_share: float = 0.02,
                   seed: int = 1) -> tuple[list[pb.DecideRequest], list[str]]:
-    """(requests, audience of each: 'unknown', 'member', 'lapsed', 'known_non_member' or 'ping')."""
+    """(requests, audience of each). Audiences are the simulator's ground truth as the CDP can see it:
+    'member', 'lapsed', 'known_non_member'; 'unreachable' for a known person's device that no channel
+    ever recorded (the service rightly sees it as unknown); 'unknown'; 'ping'."""
     world = Path(world_dir)
     traffic = pd.read_parquet(world / "traffic.parquet", columns=["exposure_id", "device_key", "platform"])
     devices = pd.read_parquet(world / "devices.parquet",
                               columns=["device_key", "os", "id_type", "hash_kind", "value", "caid_version", "doubtful"])
-    audience = pd.read_parquet(world / "truth_devices.parquet", columns=["device_key", "audience"])
+    truth = pd.read_parquet(world / "truth_devices.parquet", columns=["device_key", "audience", "reachable"])
     rng = np.random.default_rng(seed)
     if n is not None and n < len(traffic):
         traffic = traffic.iloc[np.sort(rng.choice(len(traffic), n, replace=False))]
@@ -29,7 +31,8 @@ def load_requests(world_dir: str | Path, n: int | None = None, ping_share: float
     for key, os, t, h, v, cv, doubtful in devices[devices["device_key"].isin(wanted)].itertuples(index=False):
         ids_of.setdefault(key, []).append(pb.DeviceId(type=t, hash=h, value=v, caid_version=cv, doubtful=doubtful))
         os_of[key] = os
-    audience_of = dict(zip(audience["device_key"].tolist(), audience["audience"].tolist(), strict=True))
+    seen = truth["audience"].where(truth["reachable"] | (truth["audience"] == "unknown"), "unreachable")
+    audience_of = dict(zip(truth["device_key"].tolist(), seen.tolist(), strict=True))
     pings = rng.random(len(traffic)) < ping_share
     requests, audiences = [], []
     for (exposure_id, key, platform), ping in zip(traffic.itertuples(index=False), pings, strict=True):

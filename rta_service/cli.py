@@ -37,7 +37,7 @@ def _simulate(opts) -> int:
     from simulate.world import simulate
 
     summary = simulate(opts.out, people=opts.people, seed=opts.seed, as_of=opts.as_of,
-                       unknown_share=opts.unknown_share)
+                       unknown_share=opts.unknown_share, traffic=opts.traffic)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -79,7 +79,7 @@ def _bench(opts) -> int:
         settings = dict(kv.split("=", 1) for kv in opts.set)
         with ServerProcess(redis_url=redis_url, model_path=art.model, **settings) as server:
             say(f"[bench]    rta serve on {server.target}; echo vs decide, {opts.rounds} rounds")
-            result = asyncio.run(bench.measure(server.target, requests, opts.calls, opts.concurrency, opts.rounds))
+            result = bench.measure(server.target, requests, opts.calls, opts.concurrency, opts.rounds)
     say(bench.report(result))
     if opts.json:
         bench.write_json(result, opts.json)
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--as-of", type=date, help="the world's today, YYYY-MM-DD (default: today)")
     p.add_argument("--unknown-share", type=float, default=0.7, help="share of traffic from unknown devices")
+    p.add_argument("--traffic", type=int, help="ad exposures to simulate (default: 5 per person)")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("cdp", help="build one profile per person and export them to Redis")

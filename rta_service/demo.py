@@ -4,7 +4,6 @@ Wiring only; every step is the same code the individual commands run."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import os
@@ -22,7 +21,7 @@ from rta.v1 import decision_pb2_grpc as pb_grpc
 
 from .embedded_redis import EmbeddedRedis
 
-AUDIENCES = ("member", "lapsed", "known_non_member", "unknown")
+AUDIENCES = ("member", "lapsed", "known_non_member", "unreachable", "unknown")
 
 
 @dataclass
@@ -71,26 +70,6 @@ def redis_for_demo():
         yield server.url
 
 
-async def send(target: str, requests: list, concurrency: int, deadline_s: float):
-    """Send every request once with `concurrency` in flight; returns [(response | status name, seconds)]."""
-    out: list = [None] * len(requests)
-    work = iter(range(len(requests)))
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.RtaServiceStub(channel)
-
-        async def worker():
-            for i in work:
-                t0 = time.perf_counter()
-                try:
-                    resp = await stub.Decide(requests[i], timeout=deadline_s)
-                except grpc.aio.AioRpcError as exc:
-                    resp = exc.code().name
-                out[i] = (resp, time.perf_counter() - t0)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return out
-
-
 def summarize(audiences: list[str], answers: list, deadline_s: float) -> str:
     by_aud: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     reasons: collections.Counter = collections.Counter()
@@ -99,8 +78,8 @@ def summarize(audiences: list[str], answers: list, deadline_s: float) -> str:
     for aud, (resp, seconds) in zip(audiences, answers, strict=True):
         lat.append(seconds)
         late += seconds > deadline_s
-        if isinstance(resp, str):
-            errors[resp] += 1
+        if isinstance(resp, grpc.StatusCode):
+            errors[resp.name] += 1
             continue
         server_us.append(resp.processing_time_us)
         degraded += resp.internal.degraded
@@ -127,6 +106,7 @@ def summarize(audiences: list[str], answers: list, deadline_s: float) -> str:
 
 def run_demo(people: int = 20000, requests: int = 3000, concurrency: int = 8, seed: int = 7,
              keep: Path | None = None) -> int:
+    from loadtest.client import closed_loop  # noqa: PLC0415
     from loadtest.server_process import ServerProcess  # noqa: PLC0415
     from loadtest.traffic import load_requests  # noqa: PLC0415
 
@@ -142,7 +122,9 @@ def run_demo(people: int = 20000, requests: int = 3000, concurrency: int = 8, se
             try:
                 say(f"[serve]    rta serve on {server.target}; sending {len(reqs):,} Decide calls, "
                     f"{concurrency} in flight, {deadline_s * 1000:.0f} ms deadline")
-                answers = asyncio.run(send(server.target, reqs, concurrency, deadline_s))
+                with grpc.insecure_channel(server.target) as channel:
+                    stub = pb_grpc.RtaServiceStub(channel)
+                    answers = closed_loop(stub.Decide, reqs, len(reqs), concurrency, deadline_s)
             finally:
                 code = server.stop()
             say(summarize(audiences, answers, deadline_s))

@@ -53,6 +53,8 @@ class EmbeddedRedis:
     def __init__(self, port: int | None = None, binary: str | None = None, extra_args: tuple[str, ...] = ()):
         self.binary = binary or find_redis_server()
         self.extra_args = tuple(extra_args)
+        self._fixed_port = port is not None
+        self._started = False
         self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="rta-redis-")
         self.proc: subprocess.Popen | None = None
@@ -62,17 +64,21 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self._dir.name, "--daemonize", "no", "--loglevel", "warning", *self.extra_args]
-        for _ in range(5):
+        """Start (or restart, on the same port: clients keep their URL)."""
+        for attempt in range(5):
+            args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                    "no", "--dir", self._dir.name, "--daemonize", "no", "--loglevel", "warning", *self.extra_args]
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          preexec_fn=_die_with_parent)
             if self._wait_ready(timeout):
+                self._started = True
                 return self
             self.stop()
-            self.port = free_port()  # the port was taken between our probe and redis binding it
-            args[2] = str(self.port)
-        raise RuntimeError(f"redis-server ({self.binary}) did not start")
+            if self._started or self._fixed_port:
+                time.sleep(0.2 * (attempt + 1))  # a restart keeps its port: wait for it to be free
+            else:
+                self.port = free_port()  # the port was taken between our probe and redis binding it
+        raise RuntimeError(f"redis-server ({self.binary}) did not start on port {self.port}")
 
     def _wait_ready(self, timeout: float) -> bool:
         end = time.monotonic() + timeout
@@ -81,7 +87,7 @@ class EmbeddedRedis:
                 return False
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (with a password, it says so)
                     return True
             time.sleep(0.02)
         return False

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 
-import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -23,6 +22,7 @@ from redis.exceptions import RedisError
 from rta.v1 import decision_pb2 as pb
 
 from . import keyspace
+from .resp import RespClient, RespError
 
 log = logging.getLogger(__name__)
 CLUSTER_SCHEME = "redis+cluster://"
@@ -35,10 +35,11 @@ class StoreUnavailable(Exception):
 
 
 def make_client(url: str, pool_size: int, connect_timeout_s: float):
-    common = dict(socket_connect_timeout=connect_timeout_s, retry=Retry(NoBackoff(), 0), max_connections=pool_size)
+    """RespClient (one pipelined connection) for a single Redis; redis-py for a Cluster."""
     if url.startswith(CLUSTER_SCHEME):
-        return RedisCluster.from_url("redis://" + url[len(CLUSTER_SCHEME):], **common)
-    return aredis.Redis.from_url(url, retry_on_timeout=False, **common)
+        return RedisCluster.from_url("redis://" + url[len(CLUSTER_SCHEME):], socket_connect_timeout=connect_timeout_s,
+                                     retry=Retry(NoBackoff(), 0), max_connections=pool_size)
+    return RespClient(url, connect_timeout_s)
 
 
 class ProfileStore:
@@ -71,10 +72,10 @@ class ProfileStore:
             async with asyncio.timeout(timeout_s):
                 if self.cluster:
                     return await self.client.mget_nonatomic(keys)
-                return await self.client.mget(keys)
+                return await self.client.execute("MGET", *keys)
         except TimeoutError:
             raise StoreUnavailable(pb.STORE_TIMEOUT) from None
-        except (RedisError, OSError) as exc:
+        except (RespError, RedisError, OSError) as exc:
             self._mark_down()
             raise StoreUnavailable(pb.STORE_ERROR, str(exc)) from None
 
@@ -94,9 +95,10 @@ class ProfileStore:
         """Ping and re-read the live generation; returns whether Redis answered."""
         try:
             async with asyncio.timeout(timeout_s):
-                raw = await self.client.get(keyspace.generation_key(self.ns))
+                key = keyspace.generation_key(self.ns)
+                raw = await (self.client.get(key) if self.cluster else self.client.execute("GET", key))
             generation = keyspace.parse_generation(raw)
-        except (TimeoutError, RedisError, OSError, ValueError) as exc:
+        except (TimeoutError, RespError, RedisError, OSError, ValueError) as exc:
             if self.up:
                 log.warning("redis check failed: %s", exc or type(exc).__name__)
             self._set_up(False)

@@ -56,6 +56,8 @@ class ServiceHandle:
         self._call(self.server.deps.store.refresh())
 
     def stop(self) -> None:
+        if not self.thread.is_alive():
+            return
         if self.channel:
             self.channel.close()
         if self.server:

@@ -143,3 +143,15 @@ def test_overload_is_refused_fast_not_queued(service):
     assert len(refused) >= 6, codes
     assert max(refused) < 0.5, f"refusals took up to {max(refused):.3f}s"
     assert codes.count(grpc.StatusCode.OK) >= 1
+
+
+def test_password_and_database_from_the_url(service):
+    from rta_service.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis(extra_args=("--requirepass", "s3cret")) as locked:
+        url = f"redis://:s3cret@127.0.0.1:{locked.port}/3"
+        svc = service(redis_url=url)
+        svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="in-db-3"))
+        resp = _decide(svc, device_ids=[pb.DeviceId(type=pb.OAID, value=OAID)])
+        assert resp.internal.one_id == "in-db-3" and not resp.internal.degraded
+        svc.stop()
