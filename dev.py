@@ -49,7 +49,7 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     command, rest = sys.argv[1], sys.argv[2:]
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be started by an older python3
         print("Python 3.11 or newer is needed", file=sys.stderr)
         return 2
     ensure_env()

@@ -21,9 +21,8 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def generate(out_dir: Path) -> None:
-    from grpc_tools import protoc  # imported here: only the dev extra installs grpcio-tools
-
     import grpc_tools
+    from grpc_tools import protoc  # imported here: only the dev extra installs grpcio-tools
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     args = [
