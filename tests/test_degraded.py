@@ -121,3 +121,31 @@ def test_redis_restart_under_load_every_call_answered(service, own_redis):
     assert all(t < DEADLINE_S for _, _, t in results if t is not None)
     missed = sum(1 for o, dt, _ in results if o == "DEADLINE_EXCEEDED" or dt >= DEADLINE_S)
     assert missed <= 0.01 * len(results), f"{missed} of {len(results)} calls missed the deadline"
+
+
+def test_sigterm_finishes_calls_in_flight_then_exits_zero(own_redis, golden_model_path):
+    """`rta serve` as a process: on SIGTERM, calls already in flight are answered, then it exits 0."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    from loadtest.server_process import ServerProcess
+    from rta.v1 import decision_pb2_grpc as pb_grpc
+    from tests.conftest import TEST_POLICY
+
+    server = ServerProcess(redis_url=own_redis.url, model_path=golden_model_path, policy_path=TEST_POLICY,
+                           redis_timeout_ms=2000, shutdown_grace_s=5).start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.RtaServiceStub(channel)
+            redis.Redis.from_url(own_redis.url).execute_command("CLIENT", "PAUSE", 600, "ALL")
+            with ThreadPoolExecutor(4) as pool:
+                calls = [pool.submit(stub.Decide, REQUEST, timeout=5) for _ in range(4)]
+                time.sleep(0.2)  # the calls are now waiting on the paused Redis
+                server.proc.send_signal(signal.SIGTERM)
+                answers = [c.result() for c in calls]
+            assert all(a.request_id == "d" and not a.internal.degraded for a in answers)
+            assert server.proc.wait(10) == 0
+    finally:
+        server.stop()
