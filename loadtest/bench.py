@@ -30,6 +30,12 @@ def _latencies(results) -> np.ndarray:
     return np.array([seconds for _, seconds in results])
 
 
+def _degraded_share(results) -> float:
+    """Share of Decide answers that were fallbacks (cheaper than real decisions: they would flatter it)."""
+    answers = [r for r, _ in results if isinstance(r, pb.DecideResponse)]
+    return sum(a.internal.degraded for a in answers) / len(answers) if answers else 0.0
+
+
 def _pct(lat: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(lat, 50) * 1000), float(np.percentile(lat, 99) * 1000)
 
@@ -46,11 +52,11 @@ def measure(target: str, decide_requests: list, calls: int = 3000, concurrency: 
             for kind, (method, reqs) in kinds.items():
                 s50, s99 = _pct(_latencies(sequential(method, reqs, max(300, calls // 3), 5.0)))
                 t0 = time.perf_counter()
-                conc = _latencies(closed_loop(method, reqs, calls, concurrency, 5.0))
+                results = closed_loop(method, reqs, calls, concurrency, 5.0)
                 thr = calls / (time.perf_counter() - t0)
-                c50, c99 = _pct(conc)
+                c50, c99 = _pct(_latencies(results))
                 per_round[kind].append({"throughput": thr, "p50_ms_1": s50, "p99_ms_1": s99,
-                                        "p50_ms_n": c50, "p99_ms_n": c99})
+                                        "p50_ms_n": c50, "p99_ms_n": c99, "degraded": _degraded_share(results)})
     result = {kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
               for kind, rows in per_round.items()}
     result["ratio"] = result["decide"]["throughput"] / result["echo"]["throughput"]
@@ -68,7 +74,8 @@ def report(result: dict) -> str:
         r = result[kind]
         lines.append(f"{kind:8} {r['throughput']:9.0f} {r['p50_ms_1']:14.2f}ms {r['p99_ms_1']:14.2f}ms "
                      f"{r['p50_ms_n']:6.2f}ms {r['p99_ms_n']:6.2f}ms")
-    lines.append(f"decide/echo throughput ratio: {result['ratio']:.2f}x")
+    lines.append(f"decide/echo throughput ratio: {result['ratio']:.2f}x "
+                 f"(degraded Decide answers: {result['decide']['degraded']:.1%})")
     return "\n".join(lines)
 
 

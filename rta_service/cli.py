@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="end to end on embedded defaults: simulate, cdp, train, serve, traffic")
     p.add_argument("--people", type=int, default=20000)
     p.add_argument("--requests", type=int, default=3000)
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=4, help="calls in flight")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--keep", type=Path, help="keep the world and model in this directory")
     p.set_defaults(func=_demo)
@@ -143,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
-    return opts.func(opts)
+    if opts.command == "serve":
+        return opts.func(opts)
+    from redis.exceptions import RedisError
+
+    try:
+        return opts.func(opts)
+    except (OSError, ValueError, RuntimeError, RedisError) as exc:  # bad input or an unreachable Redis
+        print(f"rta {opts.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

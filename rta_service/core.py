@@ -92,8 +92,9 @@ class DecisionCore:
             log.warning(msg, *args)
 
     def ping_response(self, request: pb.DecideRequest) -> pb.DecideResponse:
-        return pb.DecideResponse(request_id=request.request_id, decision=pb.NO_BID,
-                                 internal=pb.Internal(reasons=[pb.PING]))
+        """A ping is answered at once; there is nothing to cache (TTL 0)."""
+        return pb.DecideResponse(request_id=request.request_id, decision=pb.NO_BID, internal=pb.Internal(
+            reasons=[pb.PING], model_version=self.model.version, score=math.nan))
 
     async def decide_batch(self, requests: list[pb.DecideRequest], deadlines: list[float]) -> list[pb.DecideResponse]:
         """Decide every request; `deadlines` are time.monotonic() instants by which each must be answered."""
@@ -131,13 +132,12 @@ class DecisionCore:
         if work:
             await self._lookup(work, min(deadlines[w.index] for w in work))
             t2 = time.perf_counter()
-            self._score([w for w in work if not w.failure], now)
+            self._score([w for w in work if not w.failure], now, stages)
             t3 = time.perf_counter()
             for w in work:
                 out[w.index] = self._answer(w, ignored_by_index.get(w.index, ()), now)
             if stages:
                 stages["store"].observe(t2 - t1)
-                stages["model"].observe(t3 - t2)
                 stages["policy"].observe(time.perf_counter() - t3)
         if stages:
             stages["batch"].observe(time.perf_counter() - t0)
@@ -183,13 +183,16 @@ class DecisionCore:
                     break
             pos += len(w.keys)
 
-    def _score(self, work: list[_Work], now: float) -> None:
+    def _score(self, work: list[_Work], now: float, stages=None) -> None:
         if not work:
             return
+        t0 = time.perf_counter()
         rows = [features.build_features(w.profile, w.request.os, w.matched.id_type if w.matched else 0, now)
                 for w in work]
+        matrix = np.asarray(rows, dtype=np.float32)
+        t1 = time.perf_counter()
         try:
-            scores = self.model.predict(np.asarray(rows, dtype=np.float32))
+            scores = self.model.predict(matrix)
         except Exception as exc:  # onnxruntime raises several types; any of them means no score
             self._warn("model", "model failed on a batch of %d: %s", len(work), exc)
             for w in work:
@@ -197,6 +200,9 @@ class DecisionCore:
             return
         for w, s in zip(work, scores.tolist(), strict=True):
             w.score = s
+        if stages:
+            stages["features"].observe(t1 - t0)
+            stages["model"].observe(time.perf_counter() - t1)
 
     def _answer(self, w: _Work, ignored, now: float) -> pb.DecideResponse:
         req = w.request

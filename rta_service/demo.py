@@ -104,7 +104,7 @@ def summarize(audiences: list[str], answers: list, deadline_s: float) -> str:
     return "\n".join(lines)
 
 
-def run_demo(people: int = 20000, requests: int = 3000, concurrency: int = 8, seed: int = 7,
+def run_demo(people: int = 20000, requests: int = 3000, concurrency: int = 4, seed: int = 7,
              keep: Path | None = None) -> int:
     from loadtest.client import closed_loop  # noqa: PLC0415
     from loadtest.server_process import ServerProcess  # noqa: PLC0415

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import shutil
 import signal
 import socket
@@ -115,9 +114,13 @@ class EmbeddedRedis:
         self.close()
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use: python -m rta_service.embedded_redis
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":  # manual use: python -m rta_service.embedded_redis (stop with Ctrl-C or SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)
     with EmbeddedRedis() as server:
         print(server.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
-    os._exit(0)

@@ -10,7 +10,7 @@ from rta.v1 import decision_pb2 as pb
 # Sub-millisecond resolution where the request path lives (seconds).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
                    0.01, 0.016, 0.025, 0.05, 0.1, 0.25)
-STAGES = ("ids", "store", "decode", "features", "model", "policy", "batch")
+STAGES = ("ids", "store", "features", "model", "policy", "batch")  # store includes decoding the records
 
 
 class Metrics:

@@ -90,20 +90,26 @@ class RtaServer:
             await self.health.set(name, status)
 
     async def _follow_health(self) -> None:
-        """SERVING while the model is loaded (always, once started) and Redis answers."""
-        serving = None
-        while True:
-            up = self.deps.store.up
-            if up != serving:
-                serving = up
-                await self._set_health(up)
-            await asyncio.sleep(0.1)
+        """NOT_SERVING until the model is loaded (it is, once started) and Redis first answers with a live
+        profile export; SERVING from then on, until shutdown. A Redis outage later does not flip it: every
+        instance shares that Redis, and answering the fallbacks is the designed behaviour, whereas a
+        readiness probe pulling all instances at once would turn it into a full outage. rta_store_up
+        shows the Redis state."""
+        store = self.deps.store
+        while not (store.up and store.generation > 0):
+            await asyncio.sleep(0.05)
+        await self._set_health(True)
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
+        """Report NOT_SERVING, keep answering for `drain` seconds so balancers move away, then refuse new
+        calls and give those in flight `grace` seconds."""
         await self._set_health(False)
-        await self.grpc.stop(self.settings.shutdown_grace_s if grace is None else grace)
         if self._health_task:
             self._health_task.cancel()
+        drain = self.settings.shutdown_drain_s if drain is None else drain
+        if drain > 0:
+            await asyncio.sleep(drain)
+        await self.grpc.stop(self.settings.shutdown_grace_s if grace is None else grace)
         await self.deps.store.close()
         self.metrics.close()
 

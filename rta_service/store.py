@@ -68,6 +68,8 @@ class ProfileStore:
             return []
         if time.monotonic() < self._down_until:
             raise StoreUnavailable(pb.STORE_ERROR, "redis marked down")
+        if self.generation == 0:  # no export is live: "not found" would wrongly mean "unknown device"
+            raise StoreUnavailable(pb.NO_PROFILES, "no profile export in redis")
         try:
             async with asyncio.timeout(timeout_s):
                 if self.cluster:
@@ -104,7 +106,11 @@ class ProfileStore:
             self._set_up(False)
             return False
         if generation != self.generation:
-            log.info("profile keyspace generation %d -> %d", self.generation, generation)
+            if generation == 0:
+                log.warning("redis holds no profile export (%s absent): answering fallbacks until the CDP "
+                            "exports again", keyspace.generation_key(self.ns))
+            else:
+                log.info("profile keyspace generation %d -> %d", self.generation, generation)
             self.generation = generation
             if self.metrics:
                 self.metrics.store_generation.set(generation)
@@ -115,7 +121,10 @@ class ProfileStore:
         return True
 
     async def start(self) -> None:
-        await self.refresh()
+        if not await self.refresh():
+            log.warning("redis at %s does not answer yet; answering fallbacks until it does", _redact(self.url))
+        elif self.generation == 0:
+            log.warning("redis holds no profile export yet; answering fallbacks until the CDP exports")
         self._task = asyncio.create_task(self._watch(), name="store-watch")
 
     async def _watch(self) -> None:

@@ -57,7 +57,7 @@ def build(path, feature_names=features.FEATURE_NAMES, version: str = VERSION, on
             helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
             helper.make_tensor("bias", TensorProto.FLOAT, [], [BIAS]),
             helper.make_tensor("w", TensorProto.FLOAT, [n, 1], w.ravel().tolist()),
-            helper.make_tensor("pair_shape", TensorProto.INT64, [2], [2, n]),
+            *([helper.make_tensor("pair_shape", TensorProto.INT64, [2], [2, n])] if only_pairs else []),
         ])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     m.ir_version = 8

@@ -61,6 +61,6 @@ class ServiceHandle:
         if self.channel:
             self.channel.close()
         if self.server:
-            self._call(self.server.stop(0))
+            self._call(self.server.stop(grace=0, drain=0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

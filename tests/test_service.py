@@ -92,6 +92,7 @@ def test_new_generation_is_picked_up_without_restart(service):
 
 def test_health_reflection_and_metrics(service):
     svc = service()
+    svc.put_profile(pb.OAID, "e" * 32, profile_pb2.Profile(one_id="someone else"))
     health = health_pb2_grpc.HealthStub(svc.channel)
     deadline = time.monotonic() + 5
     while health.Check(health_pb2.HealthCheckRequest(service="rta.v1.RtaService")).status != \
@@ -155,3 +156,18 @@ def test_password_and_database_from_the_url(service):
         resp = _decide(svc, device_ids=[pb.DeviceId(type=pb.OAID, value=OAID)])
         assert resp.internal.one_id == "in-db-3" and not resp.internal.degraded
         svc.stop()
+
+
+def test_no_export_in_redis_is_degraded_and_not_ready(service):
+    """An empty Redis (restarted, or the CDP never ran) must not turn every member into an unknown
+    device: the answers are the fallbacks, flagged, with the short TTL, and health says NOT_SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    svc = service()
+    resp = _decide(svc, device_ids=[pb.DeviceId(type=pb.OAID, value=OAID)])
+    assert resp.internal.degraded and resp.internal.reasons[0] == pb.NO_PROFILES
+    assert resp.cache_ttl_seconds == 60
+    health = health_pb2_grpc.HealthStub(svc.channel)
+    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
+    assert not _decide(svc, device_ids=[pb.DeviceId(type=pb.OAID, value=OAID)]).internal.degraded

@@ -69,6 +69,7 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEADLINE_EXCEEDED: _ClassVar[Reason]
     NO_STRATEGY: _ClassVar[Reason]
     BAD_PROFILE: _ClassVar[Reason]
+    NO_PROFILES: _ClassVar[Reason]
     MALFORMED_ID: _ClassVar[Reason]
     DOUBTFUL_ID: _ClassVar[Reason]
     UNSUPPORTED_ID_TYPE: _ClassVar[Reason]
@@ -115,6 +116,7 @@ MODEL_ERROR: Reason
 DEADLINE_EXCEEDED: Reason
 NO_STRATEGY: Reason
 BAD_PROFILE: Reason
+NO_PROFILES: Reason
 MALFORMED_ID: Reason
 DOUBTFUL_ID: Reason
 UNSUPPORTED_ID_TYPE: Reason
