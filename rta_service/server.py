@@ -132,5 +132,5 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down (grace %.1fs)", settings.shutdown_grace_s)
+    log.info("shutting down (drain %.1fs, grace %.1fs)", settings.shutdown_drain_s, settings.shutdown_grace_s)
     await server.stop()
