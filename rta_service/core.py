@@ -130,7 +130,7 @@ class DecisionCore:
             stages["ids"].observe(t1 - t0)
 
         if work:
-            await self._lookup(work, min(deadlines[w.index] for w in work))
+            await self._lookup(work, deadlines)
             t2 = time.perf_counter()
             self._score([w for w in work if not w.failure], now, stages)
             t3 = time.perf_counter()
@@ -154,16 +154,21 @@ class DecisionCore:
                 seen.setdefault(sid, s)
         return list(seen.values())
 
-    async def _lookup(self, work: list[_Work], deadline: float) -> None:
+    async def _lookup(self, work: list[_Work], deadlines: list[float]) -> None:
+        """One MGET for the batch, bounded by the tightest deadline among the calls that still have time;
+        a call with too little time left is answered its fallbacks without holding the others back."""
+        now = time.monotonic()
+        for w in work:
+            if deadlines[w.index] - now - self.margin < self.min_lookup:
+                w.failure = pb.DEADLINE_EXCEEDED
+        work = [w for w in work if not w.failure]
+        if not work:
+            return
         keys: list[str] = []
         for w in work:
             w.keys = self.store.keys_for(w.ids)
             keys.extend(w.keys)
-        budget = min(self.max_lookup, deadline - time.monotonic() - self.margin)
-        if budget < self.min_lookup:
-            for w in work:
-                w.failure = pb.DEADLINE_EXCEEDED
-            return
+        budget = min(self.max_lookup, min(deadlines[w.index] for w in work) - now - self.margin)
         try:
             values = await self.store.mget(keys, budget)
         except StoreUnavailable as exc:

@@ -154,3 +154,35 @@ def test_shipped_policy_is_valid():
     from rta_service.settings import DEFAULTS_DIR
 
     assert {s.id for s in pol.load_policy(DEFAULTS_DIR / "policy.yaml").strategies} == {"acq_new", "winback_lapsed"}
+
+
+# -- core ---------------------------------------------------------------------------------------
+def test_a_call_out_of_time_does_not_hold_back_its_batch(redis_url, golden_model_path):
+    """Two calls in one micro-batch: the one with no time left gets DEADLINE_EXCEEDED fallbacks, the
+    other is looked up and scored."""
+    import asyncio
+    import time
+
+    import redis
+
+    from rta_service.core import DecisionCore
+    from rta_service.model import OnnxModel
+    from rta_service.store import ProfileStore
+    from tests.conftest import TEST_POLICY
+
+    redis.Redis.from_url(redis_url).set(keyspace.generation_key("rta"), 1)
+
+    async def run():
+        store = ProfileStore(redis_url, "rta")
+        await store.refresh()
+        core = DecisionCore(store, OnnxModel.load(golden_model_path), pol.load_policy(TEST_POLICY), IdNormalizer(),
+                            deadline_margin_s=0.002, min_lookup_s=0.0005)
+        req = pb.DecideRequest(request_id="x", device_ids=[pb.DeviceId(type=pb.OAID, value="c" * 32)])
+        now = time.monotonic()
+        out = await core.decide_batch([req, req], [now + 0.001, now + 1.0])
+        await store.close()
+        return out
+
+    late, fine = asyncio.run(run())
+    assert late.internal.degraded and late.internal.reasons[0] == pb.DEADLINE_EXCEEDED
+    assert not fine.internal.degraded and fine.internal.reasons[0] == pb.SCORED
