@@ -43,7 +43,10 @@ def service(redis_url, golden_model_path, tmp_path):
     def start(**overrides):
         settings = dict(listen="127.0.0.1:0", admin_listen="127.0.0.1:0", redis_url=redis_url,
                         model_path=golden_model_path, policy_path=TEST_POLICY, redis_retry_after_ms=100,
-                        generation_refresh_ms=100)
+                        generation_refresh_ms=100,
+                        # Generous, so that a scheduling hiccup of this shared machine cannot turn a
+                        # semantic test into a STORE_TIMEOUT; tests of timeouts set their own.
+                        redis_timeout_ms=250)
         settings.update(overrides)
         handle = ServiceHandle(settings).start()
         handles.append(handle)
