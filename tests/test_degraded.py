@@ -35,6 +35,12 @@ def _wait_for(predicate, timeout=10.0):
     return False
 
 
+def _decide(svc, timeout=1.0):
+    """A call whose semantics are under test: a generous client timeout, so that a scheduling hiccup of
+    this shared machine cannot fail it; the service's own time is checked against DEADLINE_S instead."""
+    return svc.stub.Decide(REQUEST, timeout=timeout)
+
+
 def _health(svc):
     return health_pb2_grpc.HealthStub(svc.channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
 
@@ -42,13 +48,12 @@ def _health(svc):
 def test_redis_killed_then_restarted(service, own_redis):
     svc = service(redis_url=own_redis.url)
     svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
-    assert svc.stub.Decide(REQUEST, timeout=DEADLINE_S).internal.reasons[0] == pb.SCORED
+    assert _decide(svc).internal.reasons[0] == pb.SCORED
 
     own_redis.stop()
     for _ in range(20):
-        t0 = time.monotonic()
-        resp = svc.stub.Decide(REQUEST, timeout=DEADLINE_S)
-        assert time.monotonic() - t0 < DEADLINE_S
+        resp = _decide(svc)
+        assert resp.processing_time_us < DEADLINE_S * 1e6
         assert resp.internal.degraded
         assert resp.internal.reasons[0] == pb.STORE_ERROR
         by_id = {r.strategy_id: r for r in resp.results}
@@ -59,29 +64,28 @@ def test_redis_killed_then_restarted(service, own_redis):
     assert _health(svc) == health_pb2.HealthCheckResponse.SERVING
 
     own_redis.start()  # same port, but empty: it must not be read as "every device is unknown"
-    assert _wait_for(lambda: svc.stub.Decide(REQUEST, timeout=DEADLINE_S).internal.reasons[0] == pb.NO_PROFILES)
-    resp = svc.stub.Decide(REQUEST, timeout=DEADLINE_S)
+    assert _wait_for(lambda: _decide(svc).internal.reasons[0] == pb.NO_PROFILES)
+    resp = _decide(svc)
     assert resp.internal.degraded and resp.cache_ttl_seconds == 60
     svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))  # the CDP exports again
-    assert _wait_for(lambda: not svc.stub.Decide(REQUEST, timeout=DEADLINE_S).internal.degraded)
-    assert svc.stub.Decide(REQUEST, timeout=DEADLINE_S).internal.one_id == "p"
+    assert _wait_for(lambda: not _decide(svc).internal.degraded)
+    assert _decide(svc).internal.one_id == "p"
 
 
 def test_slow_redis_times_out_within_the_deadline(service, own_redis):
     svc = service(redis_url=own_redis.url, redis_timeout_ms=8)
     svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
     svc.redis.execute_command("CLIENT", "PAUSE", 500, "ALL")
-    t0 = time.monotonic()
-    resp = svc.stub.Decide(REQUEST, timeout=DEADLINE_S)
-    assert time.monotonic() - t0 < DEADLINE_S
+    resp = _decide(svc)
+    assert resp.processing_time_us < DEADLINE_S * 1e6  # gave up on Redis after ~8 ms, not 500
     assert resp.internal.degraded and resp.internal.reasons[0] == pb.STORE_TIMEOUT
     time.sleep(0.6)
-    assert _wait_for(lambda: not svc.stub.Decide(REQUEST, timeout=DEADLINE_S).internal.degraded)
+    assert _wait_for(lambda: not _decide(svc).internal.degraded)
 
 
 def test_short_caller_deadline_skips_the_lookup(service):
-    svc = service(deadline_margin_ms=45, min_lookup_ms=1)
-    resp = svc.stub.Decide(REQUEST, timeout=0.040)  # less than the margin: no time to look anything up
+    svc = service(deadline_margin_ms=900, min_lookup_ms=1)
+    resp = _decide(svc, timeout=0.5)  # less than the margin: no time to look anything up
     assert resp.internal.degraded and resp.internal.reasons[0] == pb.DEADLINE_EXCEEDED
 
 
@@ -154,3 +158,16 @@ def test_sigterm_finishes_calls_in_flight_then_exits_zero(own_redis, golden_mode
             assert server.proc.wait(10) == 0
     finally:
         server.stop()
+
+
+def test_model_failure_answers_the_fallbacks(service, tmp_path):
+    from tests import golden_model
+
+    broken = tmp_path / "breaks-on-one-row.onnx"
+    golden_model.build(broken, only_pairs=True)
+    svc = service(model_path=broken)
+    svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
+    resp = _decide(svc)
+    assert resp.internal.degraded and resp.internal.reasons[0] == pb.MODEL_ERROR
+    assert {r.strategy_id: r.decision for r in resp.results} == {"acq_new": pb.BID, "winback_lapsed": pb.NO_BID}
+    assert svc.stub.Decide(pb.DecideRequest(request_id="p", is_ping=True), timeout=1).internal.reasons == [pb.PING]
