@@ -81,6 +81,7 @@ class DecisionCore:
         self.min_lookup = min_lookup_s
         self.max_lookup = max_lookup_s
         self._by_id = policy.by_id
+        self._all_strategies = list(policy.strategies)
         self._ttl = policy.cache_ttl_seconds
         self._last_warned: dict[str, float] = {}
 
@@ -146,7 +147,7 @@ class DecisionCore:
     # -- stages ---------------------------------------------------------------------------------
     def _strategies(self, req: pb.DecideRequest) -> list[pol.Strategy]:
         if not req.strategy_ids:
-            return list(self.policy.strategies)
+            return self._all_strategies  # read-only downstream
         seen: dict[str, pol.Strategy] = {}
         for sid in req.strategy_ids:  # unregistered ids are dropped, as the platforms do
             s = self._by_id.get(sid)

@@ -11,8 +11,6 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from rta.v1 import decision_pb2 as pb
-
 from .ids import DEFAULT_PRECEDENCE
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
@@ -90,10 +88,6 @@ class Settings(BaseSettings):
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings)
-
-    @property
-    def precedence_values(self) -> tuple[int, ...]:
-        return tuple(pb.IdType.Value(n) for n in self.id_precedence)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

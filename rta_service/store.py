@@ -60,8 +60,7 @@ class ProfileStore:
     # -- request path ---------------------------------------------------------------------------
     def keys_for(self, ids) -> list[str]:
         """Keys of normalised IDs (ids.NormalizedId) in the live generation."""
-        ns, gen, codes = self.ns, self.generation, keyspace.TYPE_CODES
-        return [f"{ns}:{gen}:{codes[i.id_type]}:{i.value}" for i in ids]
+        return [keyspace.device_key(self.ns, self.generation, i.id_type, i.value) for i in ids]
 
     async def mget(self, keys: list[str], timeout_s: float) -> list[bytes | None]:
         if not keys:

@@ -186,3 +186,19 @@ def test_a_call_out_of_time_does_not_hold_back_its_batch(redis_url, golden_model
     late, fine = asyncio.run(run())
     assert late.internal.degraded and late.internal.reasons[0] == pb.DEADLINE_EXCEEDED
     assert not fine.internal.degraded and fine.internal.reasons[0] == pb.SCORED
+
+
+def test_golden_model_scores_are_the_documented_formula(golden_model_path):
+    """The golden cases' expected numbers are worked out by hand from golden_model.expected_score;
+    the ONNX graph must compute exactly that, NaN inputs included."""
+    import numpy as np
+
+    from rta_service.model import OnnxModel
+    from tests import golden_model
+
+    now = 1_800_000_000.0
+    member = profile_pb2.Profile(is_member=True, order_count=4, wecom_friend=True, last_order_ts=int(now - 120 * 86400))
+    rows = [features.build_features(None, pb.IOS, 0, now), features.build_features(member, pb.ANDROID, pb.OAID, now)]
+    scores = OnnxModel.load(golden_model_path).predict(np.asarray(rows, dtype=np.float32))
+    assert scores.tolist() == pytest.approx([golden_model.expected_score(r) for r in rows], abs=1e-6)
+    assert scores[0] == pytest.approx(1 / (1 + math.exp(3)), abs=1e-6)  # sigmoid(BIAS) for an unknown device
