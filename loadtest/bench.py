@@ -5,6 +5,9 @@ their ratio is the cost of deciding. Each round measures, for Echo then Decide:
 - one call in flight: p50/p99 latency as the client sees it;
 - `concurrency` calls in flight (closed loop): throughput and p50/p99.
 Rounds alternate the two so drift on a shared machine hits both; the median round is reported.
+Given the server's pid, it also reports the server's CPU time per call under load: on a shared
+machine another tenant steals wall time from both RPCs unevenly, but barely changes CPU per call,
+so the CPU ratio is the steadier figure of the two.
 Nothing is asserted: figures are printed (and written as JSON with --json).
 """
 
@@ -40,7 +43,20 @@ def _pct(lat: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(lat, 50) * 1000), float(np.percentile(lat, 99) * 1000)
 
 
-def measure(target: str, decide_requests: list, calls: int = 3000, concurrency: int = 16, rounds: int = 3) -> dict:
+def _cpu_seconds(process) -> float:
+    if process is None:
+        return float("nan")
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def measure(target: str, decide_requests: list, calls: int = 3000, concurrency: int = 16, rounds: int = 3,
+            server_pid: int | None = None) -> dict:
+    try:
+        import psutil  # noqa: PLC0415 - comes with the loadtest extra (Locust); optional here
+        process = psutil.Process(server_pid) if server_pid else None
+    except ImportError:
+        process = None
     echo_requests = [pb.EchoRequest(payload=r.SerializeToString()) for r in decide_requests[:1000]]
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RtaServiceStub(channel)
@@ -51,15 +67,18 @@ def measure(target: str, decide_requests: list, calls: int = 3000, concurrency: 
         for _ in range(rounds):
             for kind, (method, reqs) in kinds.items():
                 s50, s99 = _pct(_latencies(sequential(method, reqs, max(300, calls // 3), 5.0)))
-                t0 = time.perf_counter()
+                cpu0, t0 = _cpu_seconds(process), time.perf_counter()
                 results = closed_loop(method, reqs, calls, concurrency, 5.0)
                 thr = calls / (time.perf_counter() - t0)
+                cpu_us = (_cpu_seconds(process) - cpu0) / calls * 1e6
                 c50, c99 = _pct(_latencies(results))
                 per_round[kind].append({"throughput": thr, "p50_ms_1": s50, "p99_ms_1": s99,
-                                        "p50_ms_n": c50, "p99_ms_n": c99, "degraded": _degraded_share(results)})
+                                        "p50_ms_n": c50, "p99_ms_n": c99, "degraded": _degraded_share(results),
+                                        "server_cpu_us": cpu_us})
     result = {kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
               for kind, rows in per_round.items()}
     result["ratio"] = result["decide"]["throughput"] / result["echo"]["throughput"]
+    result["cpu_ratio"] = result["echo"]["server_cpu_us"] / result["decide"]["server_cpu_us"]
     result["config"] = {"calls": calls, "concurrency": concurrency, "rounds": rounds}
     return result
 
@@ -69,13 +88,15 @@ def report(result: dict) -> str:
     lines = [f"rta bench: {c['rounds']} rounds x {c['calls']} calls, {c['concurrency']} in flight "
              "(median round; client-side latency)",
              f"{'':8} {'calls/s':>9} {'p50 1-in-flight':>16} {'p99 1-in-flight':>16} "
-             f"{'p50 @N':>8} {'p99 @N':>8}"]
+             f"{'p50 @N':>8} {'p99 @N':>8} {'server CPU/call':>16}"]
     for kind in ("echo", "decide"):
         r = result[kind]
         lines.append(f"{kind:8} {r['throughput']:9.0f} {r['p50_ms_1']:14.2f}ms {r['p99_ms_1']:14.2f}ms "
-                     f"{r['p50_ms_n']:6.2f}ms {r['p99_ms_n']:6.2f}ms")
+                     f"{r['p50_ms_n']:6.2f}ms {r['p99_ms_n']:6.2f}ms {r['server_cpu_us']:14.0f}us")
     lines.append(f"decide/echo throughput ratio: {result['ratio']:.2f}x "
                  f"(degraded Decide answers: {result['decide']['degraded']:.1%})")
+    lines.append(f"echo/decide server CPU per call ratio: {result['cpu_ratio']:.2f}x "
+                 "(the steadier figure on a shared host)")
     return "\n".join(lines)
 
 

@@ -79,7 +79,8 @@ def _bench(opts) -> int:
         settings = dict(kv.split("=", 1) for kv in opts.set)
         with ServerProcess(redis_url=redis_url, model_path=art.model, **settings) as server:
             say(f"[bench]    rta serve on {server.target}; echo vs decide, {opts.rounds} rounds")
-            result = bench.measure(server.target, requests, opts.calls, opts.concurrency, opts.rounds)
+            result = bench.measure(server.target, requests, opts.calls, opts.concurrency, opts.rounds,
+                                   server_pid=server.proc.pid)
     say(bench.report(result))
     if opts.json:
         bench.write_json(result, opts.json)

@@ -274,21 +274,30 @@ class DecisionCore:
 
 class MicroBatcher:
     """Coalesces concurrent calls into batches for DecisionCore. At most `concurrency` batches run at
-    once; while they run, new calls queue and leave together in the next batch. At low load every call
-    is its own batch (no added wait); under load the per-call cost of Redis and the model is shared."""
+    once; while they run, new calls queue and leave together in the next batch.
 
-    def __init__(self, core: DecisionCore, max_batch: int = 128, concurrency: int = 2, metrics=None):
+    grpc.aio hands calls to Python one at a time, so under load few calls are ever waiting together.
+    With `window_s` > 0, a call that arrives while other RPCs are under way in the server (`others`,
+    counted by the servicer from the start of a call to the end of its response) waits up to
+    `window_s` for company; a call alone in the server never waits, so the one-in-flight latency is
+    unchanged. Batching shares the Redis round trip and the model run (4-5x cheaper per request at 16)."""
+
+    def __init__(self, core: DecisionCore, max_batch: int = 128, concurrency: int = 2, metrics=None,
+                 window_s: float = 0.0):
         self.core = core
         self.max_batch = max_batch
         self.concurrency = concurrency
         self.metrics = metrics
+        self.window = window_s
         self._queue: list[tuple[pb.DecideRequest, float, asyncio.Future]] = []
         self._active = 0
+        self._timer: asyncio.TimerHandle | None = None
 
-    async def decide(self, request: pb.DecideRequest, deadline: float) -> pb.DecideResponse:
+    async def decide(self, request: pb.DecideRequest, deadline: float, others: int = 0) -> pb.DecideResponse:
         if request.is_ping:
             return self.core.ping_response(request)
-        if self._active < self.concurrency and not self._queue:
+        wait = self.window > 0 and others > 0 and deadline - time.monotonic() > 2 * self.window + 0.005
+        if not wait and self._active < self.concurrency and not self._queue:
             # A free slot and nobody waiting: decide inline, a batch of one, with no hand-off.
             self._active += 1
             try:
@@ -298,13 +307,25 @@ class MicroBatcher:
             finally:
                 self._active -= 1
                 self._kick()
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._queue.append((request, deadline, fut))
-        self._kick()
+        if wait and len(self._queue) < self.max_batch:
+            if self._timer is None:
+                self._timer = loop.call_later(self.window, self._window_closed)
+        else:
+            self._kick()
         return await fut
+
+    def _window_closed(self) -> None:
+        self._timer = None
+        self._kick()
 
     def _kick(self) -> None:
         if self._queue and self._active < self.concurrency:
+            if self._timer is not None:  # the queue leaves now; the window has nothing left to wait for
+                self._timer.cancel()
+                self._timer = None
             self._active += 1
             asyncio.get_running_loop().create_task(self._drain())
 

@@ -55,7 +55,8 @@ class RtaServer:
                                  deadline_margin_s=settings.deadline_margin_ms / 1000,
                                  min_lookup_s=settings.min_lookup_ms / 1000,
                                  max_lookup_s=settings.redis_timeout_ms / 1000)
-        self.batcher = MicroBatcher(self.core, settings.max_batch, settings.batch_concurrency, metrics)
+        self.batcher = MicroBatcher(self.core, settings.max_batch, settings.batch_concurrency, metrics,
+                                    window_s=settings.batch_window_us / 1e6)
         limits = Limits(max_device_ids=settings.max_device_ids, max_strategy_ids=settings.max_strategy_ids)
         self.servicer = RtaServicer(self.batcher, limits, settings.default_deadline_ms / 1000, metrics)
         self.health = health_aio.HealthServicer()

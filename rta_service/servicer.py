@@ -5,6 +5,7 @@ RESOURCE_EXHAUSTED past `max_in_flight` comes from the server itself (server.py)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -25,6 +26,10 @@ class RtaServicer(pb_grpc.RtaServiceServicer):
         self.limits = limits
         self.default_deadline_s = default_deadline_s
         self.metrics = metrics
+        self._rpcs = 0  # Decide calls in the server, from their start to the end of their response
+
+    def _rpc_done(self, _task) -> None:
+        self._rpcs -= 1
 
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
         t0 = time.perf_counter()
@@ -33,12 +38,15 @@ class RtaServicer(pb_grpc.RtaServiceServicer):
             if self.metrics:
                 self.metrics.invalid_requests.inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        others = self._rpcs
+        self._rpcs += 1
+        asyncio.current_task().add_done_callback(self._rpc_done)  # the task ends after the response is sent
         remaining = context.time_remaining()
         deadline = time.monotonic() + (self.default_deadline_s if remaining is None else remaining)
         if self.metrics:
             self.metrics.in_flight.inc()
         try:
-            resp = await self.batcher.decide(request, deadline)
+            resp = await self.batcher.decide(request, deadline, others)
         except Exception:
             log.exception("Decide failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")

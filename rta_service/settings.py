@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_in_flight: Annotated[int, Field(ge=1, le=100_000)] = 512  # past it: RESOURCE_EXHAUSTED at once
     max_batch: Annotated[int, Field(ge=1, le=4096)] = 128  # requests decided together (micro-batching)
     batch_concurrency: Annotated[int, Field(ge=1, le=64)] = 2  # micro-batches in flight at once
+    batch_window_us: Annotated[int, Field(ge=0, le=5000)] = 1000  # wait for company while other calls are under way
     max_message_bytes: Annotated[int, Field(ge=1024, le=16 << 20)] = 64 << 10
     shutdown_drain_s: Annotated[float, Field(ge=0, le=300)] = 1.0  # on SIGTERM: NOT_SERVING but answering
     shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 5.0

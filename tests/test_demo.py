@@ -84,3 +84,5 @@ def test_bench_prints_both_rpcs_and_their_ratio(tmp_path):
 
     figures = json.loads(out_json.read_text())
     assert figures["ratio"] == pytest.approx(figures["decide"]["throughput"] / figures["echo"]["throughput"])
+    assert figures["decide"]["server_cpu_us"] > 0 and figures["echo"]["server_cpu_us"] > 0
+    assert "server CPU per call ratio" in result.stdout

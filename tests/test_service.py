@@ -171,3 +171,26 @@ def test_no_export_in_redis_is_degraded_and_not_ready(service):
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
     svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
     assert not _decide(svc, device_ids=[pb.DeviceId(type=pb.OAID, value=OAID)]).internal.degraded
+
+
+def _batch_sizes(svc) -> tuple[float, float]:
+    """(calls decided in batches of one, all batches) from the admin port."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{svc.server.admin_port}/metrics", timeout=5).read().decode()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("rta_batch_size_"))
+    return float(values['rta_batch_size_bucket{le="1.0"}']), float(values["rta_batch_size_count"])
+
+
+def test_batch_window_gathers_concurrent_calls_but_a_lone_call_never_waits(service):
+    svc = service(batch_window_us=5000)
+    svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
+    request = pb.DecideRequest(request_id="w", device_ids=[pb.DeviceId(type=pb.OAID, value=OAID)])
+    lone = [svc.stub.Decide(request, timeout=5) for _ in range(5)]
+    assert all(r.internal.reasons[0] == pb.SCORED for r in lone)
+    assert sorted(r.processing_time_us for r in lone)[2] < 5000  # the median call did not sit out the window
+    assert _batch_sizes(svc) == (5, 5)
+
+    futures = [svc.stub.Decide.future(request, timeout=5) for _ in range(32)]
+    answers = [f.result() for f in futures]
+    assert all(r.internal.reasons[0] == pb.SCORED and r.internal.one_id == "p" for r in answers)
+    _, batches = _batch_sizes(svc)
+    assert batches - 5 < 32, "32 concurrent calls were never decided together"
