@@ -49,6 +49,9 @@ def test_redis_killed_then_restarted(service, own_redis):
     svc = service(redis_url=own_redis.url)
     svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))
     assert _decide(svc).internal.reasons[0] == pb.SCORED
+    # Health follows the store every 50 ms: wait until it has seen the live export, or a fast run
+    # could stop Redis before the service ever became SERVING.
+    assert _wait_for(lambda: _health(svc) == health_pb2.HealthCheckResponse.SERVING)
 
     own_redis.stop()
     for _ in range(20):
