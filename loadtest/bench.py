@@ -2,7 +2,8 @@
 
 Both RPCs go through the same `rta serve` process (same grpc.aio server, limits, event loop), so
 their ratio is the cost of deciding. Each round measures, for Echo then Decide:
-- one call in flight: p50/p99 latency as the client sees it;
+- one call in flight: p50/p99 latency as the client sees it, and for Decide the service's own
+  processing time (`processing_time_us`), which separates the decision from gRPC and the network;
 - `concurrency` calls in flight (closed loop): throughput and p50/p99.
 Rounds alternate the two so drift on a shared machine hits both; the median round is reported.
 Given the server's pid, it also reports the server's CPU time per call under load: on a shared
@@ -66,7 +67,10 @@ def measure(target: str, decide_requests: list, calls: int = 3000, concurrency: 
         per_round: dict[str, list[dict]] = {k: [] for k in kinds}
         for _ in range(rounds):
             for kind, (method, reqs) in kinds.items():
-                s50, s99 = _pct(_latencies(sequential(method, reqs, max(300, calls // 3), 5.0)))
+                one = sequential(method, reqs, max(300, calls // 3), 5.0)
+                s50, s99 = _pct(_latencies(one))
+                inside = [r.processing_time_us / 1e6 for r, _ in one if isinstance(r, pb.DecideResponse)]
+                i50, i99 = _pct(np.array(inside)) if inside else (float("nan"), float("nan"))
                 cpu0, t0 = _cpu_seconds(process), time.perf_counter()
                 results = closed_loop(method, reqs, calls, concurrency, 5.0)
                 thr = calls / (time.perf_counter() - t0)
@@ -74,7 +78,7 @@ def measure(target: str, decide_requests: list, calls: int = 3000, concurrency: 
                 c50, c99 = _pct(_latencies(results))
                 per_round[kind].append({"throughput": thr, "p50_ms_1": s50, "p99_ms_1": s99,
                                         "p50_ms_n": c50, "p99_ms_n": c99, "degraded": _degraded_share(results),
-                                        "server_cpu_us": cpu_us})
+                                        "server_cpu_us": cpu_us, "service_p50_ms_1": i50, "service_p99_ms_1": i99})
     result = {kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
               for kind, rows in per_round.items()}
     result["ratio"] = result["decide"]["throughput"] / result["echo"]["throughput"]
@@ -95,6 +99,9 @@ def report(result: dict) -> str:
                      f"{r['p50_ms_n']:6.2f}ms {r['p99_ms_n']:6.2f}ms {r['server_cpu_us']:14.0f}us")
     lines.append(f"decide/echo throughput ratio: {result['ratio']:.2f}x "
                  f"(degraded Decide answers: {result['decide']['degraded']:.1%})")
+    d = result["decide"]
+    lines.append(f"decide inside the service (processing_time_us), 1 in flight: p50 {d['service_p50_ms_1']:.2f}ms "
+                 f"p99 {d['service_p99_ms_1']:.2f}ms")
     lines.append(f"echo/decide server CPU per call ratio: {result['cpu_ratio']:.2f}x "
                  "(the steadier figure on a shared host)")
     return "\n".join(lines)

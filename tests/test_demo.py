@@ -86,3 +86,4 @@ def test_bench_prints_both_rpcs_and_their_ratio(tmp_path):
     assert figures["ratio"] == pytest.approx(figures["decide"]["throughput"] / figures["echo"]["throughput"])
     assert figures["decide"]["server_cpu_us"] > 0 and figures["echo"]["server_cpu_us"] > 0
     assert "server CPU per call ratio" in result.stdout
+    assert figures["decide"]["service_p99_ms_1"] >= figures["decide"]["service_p50_ms_1"] > 0
