@@ -86,6 +86,36 @@ def _bench(opts) -> int:
     return 0
 
 
+def _logs_export(opts) -> int:
+    from training.log_export import export
+
+    print(json.dumps(export(opts.redis_url, opts.out, opts.namespace, batch=opts.batch), indent=2))
+    return 0
+
+
+def _model(opts) -> int:
+    from . import registry
+
+    if opts.action == "list":
+        rows = registry.list_versions(opts.registry)
+        for r in rows:
+            print(f"{'*' if r['current'] else ' '} {r['version']}  {json.dumps(r['metrics'])}")
+        if not rows:
+            print(f"{opts.registry}: no published versions")
+        return 0
+    if opts.action == "publish":
+        print(registry.publish(opts.registry, opts.version_or_file))
+        return 0
+    if opts.action == "promote":
+        if not opts.version_or_file:
+            raise ValueError("rta model promote needs a version (see rta model list)")
+        pointer = registry.promote(opts.registry, opts.version_or_file)
+    else:
+        pointer = registry.rollback(opts.registry)
+    print(f"current: {pointer['version']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rta", description="RTA decision system")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                    help="a service setting for this run, e.g. --set max_batch=1 (repeatable)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("logs", help="the decision log")
+    p.add_argument("action", choices=["export"])
+    p.add_argument("--out", type=Path, required=True, help="directory of hour=... Parquet partitions")
+    p.add_argument("--redis-url", default=os.environ.get("RTA_REDIS_URL", DEFAULT_REDIS))
+    p.add_argument("--namespace", default=os.environ.get("RTA_REDIS_NAMESPACE", "rta"))
+    p.add_argument("--batch", type=int, default=5000, help="records per Parquet file and acknowledgement")
+    p.set_defaults(func=_logs_export)
+
+    p = sub.add_parser("model", help="the model registry: list, publish, promote, rollback")
+    p.add_argument("action", choices=["list", "publish", "promote", "rollback"])
+    p.add_argument("version_or_file", nargs="?", help="promote: a version; publish: an ONNX artifact")
+    p.add_argument("--registry", type=Path, default=Path(os.environ.get("RTA_MODEL_REGISTRY", "models")))
+    p.set_defaults(func=_model)
     return parser
 
 

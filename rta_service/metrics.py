@@ -33,6 +33,15 @@ class Metrics:
         self.store_up = Gauge("rta_store_up", "1 while Redis answers", registry=r)
         self.store_generation = Gauge("rta_store_generation", "Live profile keyspace generation", registry=r)
         self.in_flight = Gauge("rta_in_flight", "Decide calls being served", registry=r)
+        self.log_written = Counter("rta_decision_log_written", "Decision records written to the Redis Stream",
+                                   registry=r)
+        self.log_dropped = Counter("rta_decision_log_dropped", "Decision records dropped: the buffer was full "
+                                   "(buffer_full) or Redis refused the write (redis_error)", ["reason"], registry=r)
+        self.log_buffered = Gauge("rta_decision_log_buffered", "Decision records waiting to be written", registry=r)
+        self.model_info = Gauge("rta_model_info", "1 for the model version serving now", ["model_version"],
+                                registry=r)
+        self.model_reloads = Counter("rta_model_reloads", "Promoted models loaded (ok) or refused (refused)",
+                                     ["result"], registry=r)
         self.stages = {s: self.stage_latency.labels(stage=s) for s in STAGES}
         self._children: dict[tuple, object] = {}  # labels() costs microseconds; cache the children
 
