@@ -51,9 +51,36 @@ def _cdp(opts) -> int:
 
 
 def _train(opts) -> int:
+    if opts.log:
+        return _retrain(opts)
     from training.train import train
 
     print(json.dumps(train(opts.input, opts.out, seed=opts.seed, as_of=opts.as_of), indent=2))
+    return 0
+
+
+def _retrain(opts) -> int:
+    """Train on the exported decision log and the conversions (training/retrain.py)."""
+    import time
+
+    from training import conversions, examples, retrain
+    from training.engine import connect
+
+    if not opts.conversions:
+        raise ValueError("--log needs --conversions (a Parquet file of conversion events)")
+    con = connect()
+    decisions = examples.read_decisions(con, opts.log)
+    conv = con.create_table("conversions", conversions.read(opts.conversions), overwrite=True)
+    observed = opts.observed_until if opts.observed_until is not None else time.time()
+    ex = examples.build(decisions, conv, observed_until=observed, window_s=opts.window_s)
+    previous = None
+    if opts.registry and (opts.registry / "CURRENT").exists():
+        from .registry import current_model_path
+
+        previous = current_model_path(opts.registry)
+    out = opts.out if opts.out.suffix != ".onnx" else opts.out.parent
+    print(json.dumps(retrain.retrain(ex, out, seed=opts.seed, previous=previous, registry=opts.registry,
+                                     promote=opts.promote), indent=2))
     return 0
 
 
@@ -147,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("model.onnx"))
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--as-of", type=date)
+    p.add_argument("--log", type=Path, help="train on this exported decision log (rta logs export) instead")
+    p.add_argument("--conversions", type=Path, help="with --log: conversion events (docs/specs/attribution.md)")
+    p.add_argument("--window-s", type=float, default=7 * 86400.0, help="with --log: attribution window")
+    p.add_argument("--observed-until", type=float, help="with --log: conversions known up to (default: now)")
+    p.add_argument("--registry", type=Path, help="with --log: publish into this model registry")
+    p.add_argument("--promote", action="store_true", help="with --registry: make the new model current")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("demo", help="end to end on embedded defaults: simulate, cdp, train, serve, traffic")
