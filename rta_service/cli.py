@@ -34,6 +34,14 @@ def _serve(opts) -> int:
 
 
 def _simulate(opts) -> int:
+    if opts.mode == "loop":
+        from simulate.loop import run_loop
+
+        run_loop(opts.days, people=opts.people, seed=opts.seed, traffic=opts.traffic,
+                 requests_per_day=opts.requests_per_day, workdir=opts.out)
+        return 0
+    if opts.out is None:
+        raise ValueError("rta simulate needs --out DIR")
     from simulate.world import simulate
 
     summary = simulate(opts.out, people=opts.people, seed=opts.seed, as_of=opts.as_of,
@@ -152,8 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML settings file (RTA_* environment variables override it)")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("simulate", help="write a synthetic private-domain world as Parquet")
-    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("simulate", help="write a synthetic private-domain world as Parquet; `loop`: the learning loop")
+    p.add_argument("mode", nargs="?", choices=["world", "loop"], default="world",
+                   help="world (default): write the world to --out; loop: run the learning loop for --days")
+    p.add_argument("--out", type=Path, help="world: the directory to write; loop: keep the work files here")
+    p.add_argument("--days", type=int, default=3, help="loop: simulated days (1-7)")
+    p.add_argument("--requests-per-day", type=int, help="loop: sample this many of each day's exposures")
     p.add_argument("--people", type=int, default=20000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--as-of", type=date, help="the world's today, YYYY-MM-DD (default: today)")
