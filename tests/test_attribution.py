@@ -114,3 +114,16 @@ def test_bad_conversions_name_the_row_and_field():
         conv.validate(good.assign(md5=["XYZ"] + [""] * 5))
     with pytest.raises(ValueError, match=r"field ts: not a number"):
         conv.validate(good.assign(ts=["soon"] * 6))
+
+
+def test_the_simulators_conversions_adapt_to_events(tmp_path):
+    import datetime as dt
+
+    from simulate.world import simulate
+
+    simulate(tmp_path, people=300, seed=5, as_of=dt.date(2025, 6, 1))
+    events = conv.from_world(tmp_path)
+    world = pd.read_parquet(tmp_path / "conversions.parquet")
+    assert len(events) == len(world) > 0
+    assert (events["trace_id"] == "sim-" + world["exposure_id"].astype(str)).all()
+    assert (events["md5"] != "").mean() > 0.9 and set(events["type"]) == {"paid_order"}

@@ -77,7 +77,7 @@ def test_the_served_score_is_calibrated_although_positives_were_weighted_up(trai
 
 def test_the_report_compares_with_the_previous_model(trained, tmp_path):
     out, reg, first = trained
-    s = rt.retrain(examples(seed=1), tmp_path / "v2", previous=out / "v1" / "model.onnx", registry=reg)
+    s = rt.retrain(examples(n=6000, seed=1), tmp_path / "v2", previous=out / "v1" / "model.onnx", registry=reg)
     rep = json.loads((tmp_path / "v2" / "report.json").read_text())
     assert rep["info"]["previous_version"] == first["model_version"]
     assert rep["metrics"]["previous"]["auc"] == s["previous_auc"] and s["previous_auc"] > 0.7

@@ -57,3 +57,26 @@ def validate(df: pd.DataFrame, source: str = "conversions") -> pd.DataFrame:
 
 def read(path: Path) -> pd.DataFrame:
     return validate(pd.read_parquet(path), str(path))
+
+
+def from_world(world_dir: Path) -> pd.DataFrame:
+    """The simulator's conversions (docs/specs/simulated-world.md) as conversion events: each carries its
+    exposure's trace id (`sim-{exposure_id}`, the request id loadtest and the loop send) and the device's
+    first usable hashed ID. The world has no event types or values: every one is a `paid_order` of value 0."""
+    from rta_service.ids import BUILTIN_DOUBTFUL
+
+    world = Path(world_dir)
+    conv = pd.read_parquet(world / "conversions.parquet")
+    devices = pd.read_parquet(world / "devices.parquet", columns=["device_key", "id_type", "value_md5", "doubtful"])
+    usable = devices[~devices["doubtful"] & ~devices["value_md5"].isin(BUILTIN_DOUBTFUL)]
+    first = usable.drop_duplicates("device_key").set_index("device_key")
+    dev = first.reindex(conv["device_key"].to_numpy())
+    return validate(pd.DataFrame({
+        "conversion_id": conv["conversion_id"].astype(str).to_numpy(),
+        "ts": conv["ts"].astype("float64").to_numpy(),
+        "type": "paid_order", "value_fen": 0,
+        "trace_id": ("sim-" + conv["exposure_id"].astype(str)).to_numpy(),
+        "id_type": dev["id_type"].fillna(0).astype("int32").to_numpy(),
+        "md5": dev["value_md5"].fillna("").to_numpy(),
+        "one_id": "",
+    }), str(world / "conversions.parquet"))
