@@ -6,10 +6,12 @@ micro-batch: it appends one tuple to an in-memory list, or, when `capacity` reco
 waiting, drops the batch and counts it (`rta_decision_log_dropped_total{reason="buffer_full"}`).
 Nothing else happens there: no encoding, no I/O, no lock.
 
-A background task wakes every `flush_s`, encodes what is buffered and writes it with pipelined
-`XADD {ns}:decisions MAXLEN ~ {maxlen} * v <json>` on its own Redis connection, `batch` records per
-round trip. A failed write drops those records and counts them (reason `redis_error`), so a Redis
-outage costs log records, never decisions, and memory stays bounded by `capacity`.
+A background task wakes every `flush_s`, encodes what is buffered and writes it as stream entries of
+up to `batch` records each (`XADD {ns}:decisions MAXLEN ~ {maxlen} * n <count> v <json array>`) on
+its own Redis connection: one entry per chunk, not per record, because per-record XADDs cost the
+event loop more than encoding does. A failed write drops those records and counts them (reason
+`redis_error`), so a Redis outage costs log records, never decisions, and memory stays bounded by
+`capacity`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 RECORD_VERSION = 1
-FIELD = "v"  # the one field of a stream entry: the record as compact JSON
+FIELD = "v"  # the records of a stream entry: a JSON array of records
+COUNT_FIELD = "n"  # how many records the entry holds
 CLUSTER_SCHEME = "redis+cluster://"
 WRITE_TIMEOUT_S = 5.0
 
@@ -41,14 +44,11 @@ def stream_key(ns: str) -> str:
     return f"{ns}:decisions"
 
 
-def _num(x: float) -> float | None:
-    return None if x is None or isinstance(x, float) and math.isnan(x) else x
-
-
 def encode(ts: float, request, response, ids, features) -> dict:
     """One record (docs/specs/decision-log.md) as a JSON-ready dict. `ids` are the request's usable
     normalised IDs (ids.NormalizedId, hashed), `features` the model's input row or None."""
     internal = response.internal
+    score = internal.score
     return {
         "v": RECORD_VERSION,
         "ts": round(ts, 3),
@@ -64,24 +64,20 @@ def encode(ts: float, request, response, ids, features) -> dict:
         "one_id": internal.one_id,
         "known": internal.known,
         "degraded": internal.degraded,
-        "score": _num(internal.score),
+        "score": score if score == score else None,  # NaN (not scored) -> null
         "experiment_bucket": internal.experiment_bucket,
         "holdout": internal.holdout,
         "model_version": internal.model_version,
         "results": [[r.strategy_id, r.decision, r.reason, round(r.weight_factor, 4)] for r in response.results],
-        "features": [_num(v) for v in features] if features is not None else None,
+        "features": [v if v == v else None for v in features] if features is not None else None,
     }
 
 
 REQUIRED = {"v": int, "ts": (int, float), "request_id": str, "decision": int, "model_version": str}
 
 
-def decode(raw: bytes | str) -> dict:
-    """A stored record back into a dict; raises BadLogRecord when it is not one."""
-    try:
-        rec = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadLogRecord(f"not JSON: {exc}") from None
+def decode(rec) -> dict:
+    """One record (a parsed JSON value) checked; raises BadLogRecord when it is not one."""
     if not isinstance(rec, dict):
         raise BadLogRecord("not a JSON object")
     for name, kind in REQUIRED.items():
@@ -90,6 +86,22 @@ def decode(raw: bytes | str) -> dict:
     if not 1 <= rec["v"] <= RECORD_VERSION:
         raise BadLogRecord(f"unsupported record version {rec['v']}")
     return rec
+
+
+def decode_entry(raw: bytes | str | None) -> list:
+    """The records of a stream entry's `v` field, each still to be checked with decode();
+    raises BadLogRecord when the field is not a JSON array."""
+    try:
+        records = json.loads(raw)
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise BadLogRecord(f"not JSON: {exc}") from None
+    if not isinstance(records, list):
+        raise BadLogRecord("not a JSON array of records")
+    return records
+
+
+def encode_entry(records: list[dict]) -> bytes:
+    return json.dumps(records, separators=(",", ":")).encode()
 
 
 def make_client(url: str):
@@ -101,7 +113,7 @@ def make_client(url: str):
 
 class DecisionLog:
     def __init__(self, url: str, ns: str, *, capacity: int = 50_000, batch: int = 500, flush_s: float = 0.05,
-                 maxlen: int = 1_000_000, metrics=None):
+                 maxlen: int = 100_000, metrics=None):
         self.url = url
         self.key = stream_key(ns)
         self.capacity = capacity
@@ -134,9 +146,9 @@ class DecisionLog:
         if self.metrics:
             self.metrics.log_dropped.labels(reason=reason).inc(n)
 
-    def _take(self) -> list[bytes]:
+    def _take(self) -> list[dict]:
         """Encode up to `batch` buffered records (whole micro-batches) and remove them from the buffer."""
-        out: list[bytes] = []
+        out: list[dict] = []
         while self._buf and len(out) < self.batch:
             now, requests, responses, work = self._buf.popleft()
             self._buffered -= len(responses)
@@ -145,8 +157,7 @@ class DecisionLog:
                 if resp is None or req.is_ping:
                     continue
                 w = by_index.get(i)
-                rec = encode(now, req, resp, w.ids if w else None, w.x if w else None)
-                out.append(json.dumps(rec, separators=(",", ":")).encode())
+                out.append(encode(now, req, resp, w.ids if w else None, w.x if w else None))
         return out
 
     async def flush_once(self) -> int:
@@ -158,10 +169,8 @@ class DecisionLog:
                 continue
             self._inflight = len(records)
             try:
-                pipe = self._client.pipeline(transaction=False)
-                for rec in records:
-                    pipe.xadd(self.key, {FIELD: rec}, maxlen=self.maxlen, approximate=True)
-                await pipe.execute()
+                await self._client.xadd(self.key, {COUNT_FIELD: len(records), FIELD: encode_entry(records)},
+                                        maxlen=self.maxlen, approximate=True)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._drop(len(records), "redis_error")
                 now = time.monotonic()

@@ -38,7 +38,7 @@ def _wait(pred, timeout=10.0):
 
 
 def _records(r: redis.Redis, ns: str = "rta") -> list[dict]:
-    return [dl.decode(f[b"v"]) for _, f in r.xrange(dl.stream_key(ns))]
+    return [dl.decode(rec) for _, f in r.xrange(dl.stream_key(ns)) for rec in dl.decode_entry(f[b"v"])]
 
 
 def test_every_decision_is_logged_with_what_training_needs(service):
@@ -54,7 +54,7 @@ def test_every_decision_is_logged_with_what_training_needs(service):
     svc.stub.Decide(pb.DecideRequest(request_id="noid"), timeout=5)
     svc.stub.Decide(pb.DecideRequest(request_id="ping", is_ping=True), timeout=5)
     r = svc.redis
-    assert _wait(lambda: r.xlen(dl.stream_key("rta")) >= 3)
+    assert _wait(lambda: len(_records(r)) >= 3)
     time.sleep(0.1)
     recs = {x["request_id"]: x for x in _records(r)}
     assert set(recs) == {"known", "raw", "noid"}  # pings are not decisions
@@ -113,16 +113,18 @@ def test_a_full_buffer_drops_and_counts_instead_of_growing():
     assert len(log._take()) == 9 and log._buffered == 0
 
 
-def _fill_stream(url: str, n: int, hours: int = 3, bad: int = 0) -> list[str]:
-    """n records spread over `hours` hours written as the service writes them; returns their entry IDs."""
+def _fill_stream(url: str, n: int, hours: int = 3, bad: int = 0, per_entry: int = 1) -> list[str]:
+    """n records spread over `hours` hours, `per_entry` to a stream entry as the service writes them, and
+    `bad` entries that are not records; returns the entry IDs."""
     r = redis.Redis.from_url(url)
     base = 1_749_999_600.0  # an hour boundary (UTC)
     ids = []
     pipe = r.pipeline(transaction=False)
-    for i in range(n):
-        rec = dl.encode(base + (i * hours * 3600.0) / n, _Req(f"req-{i}"), _Resp(f"req-{i}"), None, None)
-        pipe.xadd(dl.stream_key("rta"), {"v": json.dumps(rec)})
-        if bad and i % (n // bad) == 0:
+    for start in range(0, n, per_entry):
+        recs = [dl.encode(base + (i * hours * 3600.0) / n, _Req(f"req-{i}"), _Resp(f"req-{i}"), None, None)
+                for i in range(start, min(n, start + per_entry))]
+        pipe.xadd(dl.stream_key("rta"), {"n": len(recs), "v": dl.encode_entry(recs)})
+        if bad and start % (n // bad) == 0:
             pipe.xadd(dl.stream_key("rta"), {"v": b"{not json"})
         if len(pipe) >= 1000:
             ids += [x.decode() for x in pipe.execute()]
@@ -136,10 +138,10 @@ def _exported(out: Path) -> list[str]:
 
 def test_export_killed_mid_run_then_rerun_loses_and_duplicates_nothing(redis_url, tmp_path):
     n = 30_000
-    _fill_stream(redis_url, n)
+    _fill_stream(redis_url, n, per_entry=3)
     out = tmp_path / "log"
     cmd = [sys.executable, "-m", "rta_service.cli", "logs", "export", "--out", str(out), "--redis-url", redis_url,
-           "--batch", "200"]
+           "--batch", "70"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert _wait(lambda: len(list(out.glob("hour=*/part-*.parquet"))) >= 5, timeout=60), \
@@ -163,6 +165,8 @@ def test_export_killed_mid_run_then_rerun_loses_and_duplicates_nothing(redis_url
 
 def test_a_crash_between_write_and_ack_is_replayed_without_duplicates(redis_url, tmp_path):
     ids = _fill_stream(redis_url, 1000, hours=2, bad=10)
+    r0 = redis.Redis.from_url(redis_url)
+    r0.xadd(dl.stream_key("rta"), {"v": dl.encode_entry([{"v": 1, "ts": "later"}])})  # one bad record in an entry
     r = redis.Redis.from_url(redis_url)
     key = dl.stream_key("rta")
     r.xgroup_create(key, log_export.GROUP, id="0")
@@ -174,7 +178,10 @@ def test_a_crash_between_write_and_ack_is_replayed_without_duplicates(redis_url,
     got = _exported(tmp_path)
     assert len(got) == 1000 and len(set(got)) == 1000
     rejected = [json.loads(line) for f in (tmp_path / "_rejected").glob("*.jsonl") for line in f.open()]
-    assert len(rejected) == 10 and {x["entry_id"] for x in rejected} <= set(ids)
+    whole = [x for x in rejected if x["entry_index"] is None]
+    partial = [x for x in rejected if x["entry_index"] is not None]
+    assert len(whole) == 10 and {x["entry_id"] for x in whole} <= set(ids)
+    assert len(partial) == 1 and partial[0]["entry_index"] == 0 and "field 'ts'" in partial[0]["error"]
     assert r.xpending(key, log_export.GROUP)["pending"] == 0
     assert log_export.export(redis_url, tmp_path)["written"] == 0  # idempotent: nothing new, nothing rewritten
 

@@ -26,13 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from rta_service.decision_log import FIELD, BadLogRecord, decode, stream_key
+from rta_service.decision_log import FIELD, BadLogRecord, decode, decode_entry, stream_key
 
 GROUP = "export"
 CONSUMER = "exporter"
 
 SCHEMA = pa.schema([
     ("entry_id", pa.string()),
+    ("entry_index", pa.int32()),  # position of the record in its stream entry
     ("ts", pa.float64()),
     ("request_id", pa.string()),
     ("platform", pa.int32()),
@@ -83,10 +84,10 @@ def hour_dir(ts: float) -> str:
     return "hour=" + dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H")
 
 
-def row(entry_id: str, rec: dict) -> dict:
+def row(entry_id: str, index: int, rec: dict) -> dict:
     results = rec.get("results") or []
     return {
-        "entry_id": entry_id, "ts": float(rec["ts"]), "request_id": rec["request_id"],
+        "entry_id": entry_id, "entry_index": index, "ts": float(rec["ts"]), "request_id": rec["request_id"],
         "platform": rec.get("platform", 0), "os": rec.get("os", 0), "is_test": bool(rec.get("is_test", False)),
         "decision": rec["decision"], "reasons": rec.get("reasons", []),
         "ids": [f"{t}:{v}" for t, v in rec.get("ids", [])],
@@ -141,11 +142,17 @@ def write_batch(out: Path, entries: list[tuple[str, dict]]) -> dict:
     for entry_id, fields in entries:
         raw = fields.get(FIELD.encode()) or fields.get(FIELD)
         try:
-            rec = decode(raw if raw is not None else b"")
-            good.setdefault(hour_dir(float(rec["ts"])), []).append(row(entry_id, rec))
-        except (BadLogRecord, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-            rejected.append({"entry_id": entry_id, "error": str(exc),
+            records = decode_entry(raw)
+        except BadLogRecord as exc:
+            rejected.append({"entry_id": entry_id, "entry_index": None, "error": str(exc),
                              "raw": raw.decode(errors="replace") if isinstance(raw, bytes) else raw})
+            continue
+        for index, rec in enumerate(records):
+            try:
+                decode(rec)
+                good.setdefault(hour_dir(float(rec["ts"])), []).append(row(entry_id, index, rec))
+            except (BadLogRecord, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+                rejected.append({"entry_id": entry_id, "entry_index": index, "error": str(exc), "raw": rec})
     written = skipped = 0
     for hour, rows in sorted(good.items()):
         fresh = _unwritten(rows, out / hour)
