@@ -38,7 +38,7 @@ def _wait(pred, timeout=10.0):
 
 
 def _records(r: redis.Redis, ns: str = "rta") -> list[dict]:
-    return [dl.decode(rec) for _, f in r.xrange(dl.stream_key(ns)) for rec in dl.decode_entry(f[b"v"])]
+    return [dl.to_dict(rec) for _, f in r.xrange(dl.stream_key(ns)) for rec in dl.decode_entry(f[b"b"])]
 
 
 def test_every_decision_is_logged_with_what_training_needs(service):
@@ -63,8 +63,8 @@ def test_every_decision_is_logged_with_what_training_needs(service):
     assert math.isclose(k["score"], known.internal.score, rel_tol=1e-6)
     assert k["model_version"] == known.internal.model_version
     assert k["experiment_bucket"] == known.internal.experiment_bucket and k["holdout"] == known.internal.holdout
-    assert [res[0] for res in k["results"]] == [res.strategy_id for res in known.results]
-    assert [res[1] for res in k["results"]] == [res.decision for res in known.results]
+    assert k["strategy_ids"] == [res.strategy_id for res in known.results]
+    assert k["strategy_decisions"] == [res.decision for res in known.results]
     assert k["decision"] == known.decision and k["platform"] == pb.TENCENT
     assert t0 - 1 <= k["ts"] <= time.time()
     # The features as the model saw them: rebuilding them at the logged time gives the same row.
@@ -73,8 +73,8 @@ def test_every_decision_is_logged_with_what_training_needs(service):
     assert all((a is None and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-3)
                for a, b in zip(k["features"], expected, strict=True))
     # Only hashed identifiers reach the log.
-    assert recs["raw"]["ids"] == [[pb.OAID, hash_raw(pb.OAID, RAW_OAID)]] and raw.internal.known is False
-    assert RAW_OAID not in json.dumps(recs)
+    assert recs["raw"]["ids"] == [f"{pb.OAID}:{hash_raw(pb.OAID, RAW_OAID)}"] and raw.internal.known is False
+    assert RAW_OAID.encode() not in b"".join(f[b"b"] for _, f in r.xrange(dl.stream_key("rta")))
     assert recs["noid"]["ids"] == [] and recs["noid"]["reasons"] == [pb.NO_DEVICE_ID]
     assert recs["noid"]["features"] is None
 
@@ -92,17 +92,13 @@ def test_decisions_go_on_when_the_log_cannot_write_and_the_drops_are_counted(ser
     assert svc.server.decision_log.written == 0
 
 
-class _Req:
-    is_ping = False
-
-    def __init__(self, rid):
-        self.request_id, self.platform, self.os, self.is_test = rid, 0, 0, False
+def _Req(rid):  # noqa: N802 - reads like the message it builds
+    return pb.DecideRequest(request_id=rid)
 
 
-class _Resp:
-    def __init__(self, rid):
-        self.decision, self.results = pb.NO_BID, []
-        self.internal = pb.Internal(reasons=[pb.NO_DEVICE_ID], model_version="m")
+def _Resp(rid):  # noqa: N802
+    return pb.DecideResponse(request_id=rid, decision=pb.NO_BID,
+                             internal=pb.Internal(reasons=[pb.NO_DEVICE_ID], model_version="m"))
 
 
 def test_a_full_buffer_drops_and_counts_instead_of_growing():
@@ -123,9 +119,9 @@ def _fill_stream(url: str, n: int, hours: int = 3, bad: int = 0, per_entry: int 
     for start in range(0, n, per_entry):
         recs = [dl.encode(base + (i * hours * 3600.0) / n, _Req(f"req-{i}"), _Resp(f"req-{i}"), None, None)
                 for i in range(start, min(n, start + per_entry))]
-        pipe.xadd(dl.stream_key("rta"), {"n": len(recs), "v": dl.encode_entry(recs)})
+        pipe.xadd(dl.stream_key("rta"), {"n": len(recs), "b": dl.encode_entry(recs)})
         if bad and start % (n // bad) == 0:
-            pipe.xadd(dl.stream_key("rta"), {"v": b"{not json"})
+            pipe.xadd(dl.stream_key("rta"), {"b": b"\xff not a batch"})
         if len(pipe) >= 1000:
             ids += [x.decode() for x in pipe.execute()]
     ids += [x.decode() for x in pipe.execute()]
@@ -166,7 +162,9 @@ def test_export_killed_mid_run_then_rerun_loses_and_duplicates_nothing(redis_url
 def test_a_crash_between_write_and_ack_is_replayed_without_duplicates(redis_url, tmp_path):
     ids = _fill_stream(redis_url, 1000, hours=2, bad=10)
     r0 = redis.Redis.from_url(redis_url)
-    r0.xadd(dl.stream_key("rta"), {"v": dl.encode_entry([{"v": 1, "ts": "later"}])})  # one bad record in an entry
+    nameless = dl.encode(1_750_000_000.0, _Req(""), _Resp(""), None, None)  # a record without a request_id
+    r0.xadd(dl.stream_key("rta"), {"b": dl.encode_entry([dl.encode(1_750_000_000.0, _Req("ok"), _Resp("ok"), None,
+                                                                   None), nameless])})
     r = redis.Redis.from_url(redis_url)
     key = dl.stream_key("rta")
     r.xgroup_create(key, log_export.GROUP, id="0")
@@ -176,12 +174,12 @@ def test_a_crash_between_write_and_ack_is_replayed_without_duplicates(redis_url,
     totals = log_export.export(redis_url, tmp_path, batch=128)  # a different batch size on the rerun
     assert totals["skipped"] > 300  # the crashed run's records were found, not rewritten
     got = _exported(tmp_path)
-    assert len(got) == 1000 and len(set(got)) == 1000
+    assert len(got) == 1001 and len(set(got)) == 1001
     rejected = [json.loads(line) for f in (tmp_path / "_rejected").glob("*.jsonl") for line in f.open()]
     whole = [x for x in rejected if x["entry_index"] is None]
     partial = [x for x in rejected if x["entry_index"] is not None]
     assert len(whole) == 10 and {x["entry_id"] for x in whole} <= set(ids)
-    assert len(partial) == 1 and partial[0]["entry_index"] == 0 and "field 'ts'" in partial[0]["error"]
+    assert len(partial) == 1 and partial[0]["entry_index"] == 1 and "without request_id" in partial[0]["error"]
     assert r.xpending(key, log_export.GROUP)["pending"] == 0
     assert log_export.export(redis_url, tmp_path)["written"] == 0  # idempotent: nothing new, nothing rewritten
 

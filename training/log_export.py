@@ -17,6 +17,7 @@ their entry ID and the error, then acknowledged: never silently lost.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from rta_service.decision_log import FIELD, BadLogRecord, decode, decode_entry, stream_key
+from rta_service.decision_log import FIELD, BadLogRecord, decode_entry, stream_key, to_dict
 
 GROUP = "export"
 CONSUMER = "exporter"
@@ -84,22 +85,8 @@ def hour_dir(ts: float) -> str:
     return "hour=" + dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H")
 
 
-def row(entry_id: str, index: int, rec: dict) -> dict:
-    results = rec.get("results") or []
-    return {
-        "entry_id": entry_id, "entry_index": index, "ts": float(rec["ts"]), "request_id": rec["request_id"],
-        "platform": rec.get("platform", 0), "os": rec.get("os", 0), "is_test": bool(rec.get("is_test", False)),
-        "decision": rec["decision"], "reasons": rec.get("reasons", []),
-        "ids": [f"{t}:{v}" for t, v in rec.get("ids", [])],
-        "matched_id_type": rec.get("matched_id_type", 0), "matched_id": rec.get("matched_id", ""),
-        "one_id": rec.get("one_id", ""), "known": bool(rec.get("known", False)),
-        "degraded": bool(rec.get("degraded", False)), "score": rec.get("score"),
-        "experiment_bucket": rec.get("experiment_bucket", 0), "holdout": bool(rec.get("holdout", False)),
-        "model_version": rec["model_version"],
-        "strategy_ids": [r[0] for r in results], "strategy_decisions": [r[1] for r in results],
-        "strategy_reasons": [r[2] for r in results], "weight_factors": [float(r[3]) for r in results],
-        "features": rec.get("features"),
-    }
+def row(entry_id: str, index: int, rec) -> dict:
+    return {"entry_id": entry_id, "entry_index": index, **to_dict(rec)}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -145,14 +132,15 @@ def write_batch(out: Path, entries: list[tuple[str, dict]]) -> dict:
             records = decode_entry(raw)
         except BadLogRecord as exc:
             rejected.append({"entry_id": entry_id, "entry_index": None, "error": str(exc),
-                             "raw": raw.decode(errors="replace") if isinstance(raw, bytes) else raw})
+                             "raw_base64": base64.b64encode(raw or b"").decode()})
             continue
         for index, rec in enumerate(records):
             try:
-                decode(rec)
-                good.setdefault(hour_dir(float(rec["ts"])), []).append(row(entry_id, index, rec))
-            except (BadLogRecord, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-                rejected.append({"entry_id": entry_id, "entry_index": index, "error": str(exc), "raw": rec})
+                r = row(entry_id, index, rec)
+                good.setdefault(hour_dir(r["ts"]), []).append(r)
+            except (BadLogRecord, ValueError, OverflowError, OSError) as exc:
+                rejected.append({"entry_id": entry_id, "entry_index": index, "error": str(exc),
+                                 "raw_base64": base64.b64encode(rec.SerializeToString()).decode()})
     written = skipped = 0
     for hour, rows in sorted(good.items()):
         fresh = _unwritten(rows, out / hour)
