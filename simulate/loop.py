@@ -208,6 +208,7 @@ def run_loop(days: int, people: int = 20000, seed: int = 7, traffic: int | None 
                 out, events = outcomes(batch, answers, rng, len(conversions))
                 truth.update(zip([r.request_id for r in batch["request"]], batch["propensity"], strict=True))
                 conversions = validate(pd.concat([conversions, events], ignore_index=True), "simulated conversions")
+                conversions.to_parquet(workdir / "conversions.parquet", index=False)  # for `rta train --log`
                 time.sleep(0.3)  # the service's log writer flushes every 20 ms
                 log_export.export(redis_url, workdir / "log")
                 decisions = examples.read_decisions(con, workdir / "log")

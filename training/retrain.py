@@ -3,8 +3,10 @@ a calibration table the service applies, an evaluation report, a parity gate, th
 
 Rows are split by time: the earliest 70% train, the next 15% ("valid") stop the boosting early and fit
 the calibration, the latest 15% ("test") are only evaluated. Positives are rare, so they are weighted
-up (scale_pos_weight = negatives / positives); that inflates the raw scores, and an isotonic
-calibration fitted on the valid rows maps them back to probabilities. The table goes into the
+up (scale_pos_weight = negatives / positives); that inflates the raw scores, and a Platt calibration
+(a logistic fit on the raw score's logit) fitted on the valid rows maps them back to probabilities.
+Platt rather than isotonic: two parameters are stable on the few positives of a day's log, and a
+strictly increasing map keeps the model's ranking (isotonic steps tie rows and cost AUC). The table goes into the
 artifact (`rta.calibration`) and rta_service.model applies it, so the service's score is the
 calibrated probability the policy's thresholds and weight factors expect.
 
@@ -26,7 +28,7 @@ import lightgbm as lgb
 import numpy as np
 import onnx
 import pandas as pd
-from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from rta_service import model as rta_model
@@ -36,9 +38,9 @@ from rta_service.features import FEATURE_NAMES
 from . import evaluate
 from .train import PARAMS, PARITY_TOLERANCE, ParityError, to_onnx, with_missing
 
-CALIBRATED_TOLERANCE = 1e-3  # the table's steepest slope is bounded by MIN_STEP (below), so 1e-7 raw -> <1e-3
+CALIBRATED_TOLERANCE = 1e-3
 AUC_TOLERANCE = 1e-3
-MIN_STEP = 1e-3  # calibration knots closer than this in raw score are merged
+LOGIT_RANGE = 12.0  # calibration knots span raw scores of sigmoid(-12)..sigmoid(12)
 SPLIT = (0.70, 0.85)
 META_WINDOW = "rta.training_window"
 META_DATA_HASH = "rta.data_hash"
@@ -50,18 +52,18 @@ def time_split(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ts < a, (ts >= a) & (ts < b), ts >= b
 
 
-def calibration_table(raw: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
-    """An isotonic map from raw score to probability as knots (x increasing, y non-decreasing)."""
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y)
-    xs, ys = [0.0], [float(iso.predict([0.0])[0])]
-    for x, y_ in zip(iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist(), strict=True):
-        if x - xs[-1] >= MIN_STEP:
-            xs.append(float(x))
-            ys.append(max(float(y_), ys[-1]))
-    if xs[-1] < 1.0:
-        xs.append(1.0)
-        ys.append(max(float(iso.predict([1.0])[0]), ys[-1]))
-    return xs, ys
+def calibration_table(raw: np.ndarray, y: np.ndarray, knots: int = 257) -> tuple[list[float], list[float]]:
+    """Platt scaling (a logistic fit on the logit of the raw score) as a table of knots: x increasing,
+    y strictly increasing, so the calibrated score ranks rows exactly as the raw one does."""
+    z = np.log(np.clip(raw, 1e-9, 1 - 1e-9) / np.clip(1 - raw, 1e-9, 1)).reshape(-1, 1)
+    fit = LogisticRegression(C=1e6, max_iter=1000).fit(z, y)
+    a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if not a > 0:
+        raise ValueError(f"calibration slope {a:.3g} is not positive: the model ranks the valid rows backwards")
+    grid = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, knots)
+    xs = np.r_[0.0, 1 / (1 + np.exp(-grid)), 1.0]
+    ys = np.r_[0.0, 1 / (1 + np.exp(-(a * grid + b))), 1.0]
+    return xs.tolist(), ys.tolist()
 
 
 def _digest(X: np.ndarray, y: np.ndarray) -> str:
