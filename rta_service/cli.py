@@ -139,7 +139,9 @@ def _model(opts) -> int:
             print(f"{opts.registry}: no published versions")
         return 0
     if opts.action == "publish":
-        print(registry.publish(opts.registry, opts.version_or_file))
+        if not opts.version_or_file:
+            raise ValueError("rta model publish needs an ONNX artifact")
+        print(registry.publish(opts.registry, Path(opts.version_or_file)))
         return 0
     if opts.action == "promote":
         if not opts.version_or_file:
