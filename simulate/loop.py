@@ -8,7 +8,8 @@ Each day: the day's ad opportunities go to the service over gRPC; every BID is a
 converts with the simulator's hidden propensity of that exposure. Conversion events carry a trace id
 (60%), else the device's hashed ID (25%), else the OneID the service matched (docs/specs/attribution.md).
 The decision log is exported, the training set rebuilt from it (attribution + point-in-time
-features), a model retrained, published and promoted; the service hot-reloads it for the next day.
+features), a model retrained and published, and promoted unless its test log loss is worse than the
+serving model's on the same rows; the service hot-reloads it for the next day.
 
 Times: the service decides on the real clock; a conversion follows its decision by 1-60 s, and the
 attribution window is WINDOW_S, so every conversion of a day is known when the day ends (the
@@ -220,9 +221,12 @@ def run_loop(days: int, people: int = 20000, seed: int = 7, traffic: int | None 
                 try:
                     s = retrain.retrain(ex, workdir / f"model-day{day}", seed=seed,
                                         previous=registry.current_model_path(reg), registry=reg, promote=True)
-                    ok = _await_version(server.target, s["model_version"])
                     retrained = (f"{s['model_version']} on {len(ex):,} examples, test AUC {s['auc']} vs ceiling "
-                                 f"{s['ceiling_auc'] or '-'}" + ("" if ok else " (NOT picked up by the service)"))
+                                 f"{s['ceiling_auc'] or '-'} (previous {s['previous_auc'] or '-'})")
+                    if not s["promoted"]:
+                        retrained += f", not promoted: {s['not_promoted']}"
+                    elif not _await_version(server.target, s["model_version"]):
+                        retrained += " (NOT picked up by the service)"
                 except (ValueError, ParityError) as exc:
                     retrained = f"kept the model ({exc})"
                 bids = out[out["bid"]]

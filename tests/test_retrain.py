@@ -91,3 +91,12 @@ def test_a_failed_gate_publishes_nothing(tmp_path, monkeypatch):
         rt.retrain(examples(n=4000), tmp_path / "out", registry=tmp_path / "reg", promote=True)
     assert not (tmp_path / "out" / "model.onnx").exists() and not (tmp_path / "reg").exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == []
+
+
+def test_a_worse_model_is_published_but_not_promoted(trained, tmp_path):
+    out, reg, first = trained
+    s = rt.retrain(examples(n=6000, seed=2), tmp_path / "weak", previous=out / "v1" / "model.onnx", registry=reg,
+                   promote=True, n_estimators=1)  # one tree: a poor challenger
+    assert not s["promoted"] and "log loss" in s["not_promoted"]
+    assert registry.read_pointer(reg)["version"] == first["model_version"]
+    assert s["model_version"] in [r["version"] for r in registry.list_versions(reg)]

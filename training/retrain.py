@@ -97,9 +97,11 @@ def _gate(clf, model: onnx.ModelProto, tmp: Path, X_test: np.ndarray, y_test: np
 
 def retrain(examples: pd.DataFrame, out_dir: Path, seed: int = 7, previous: Path | None = None,
             registry: Path | None = None, promote: bool = False, n_estimators: int = 500,
-            early_stopping_rounds: int = 30, **params) -> dict:
+            early_stopping_rounds: int = 30, require_better: bool = True, **params) -> dict:
     """Train on examples (training.examples.build; a `propensity` column adds the truth to the report),
-    write out_dir/model.onnx, report.json and report.html; publish (and promote) into `registry`."""
+    write out_dir/model.onnx, report.json and report.html; publish (and promote) into `registry`.
+    With require_better, a model whose test log loss is worse than the previous model's on the same rows
+    is published but not promoted (the champion keeps serving)."""
     df = examples.sort_values(["ts", "request_id"], ignore_index=True) if "request_id" in examples else examples
     X = df[list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
     y = df["label"].to_numpy(dtype=np.int8)
@@ -158,8 +160,12 @@ def retrain(examples: pd.DataFrame, out_dir: Path, seed: int = 7, previous: Path
                "report": str(html_path), "best_iteration": rep["info"]["best_iteration"]}
     if registry is not None:
         reg.publish(registry, out_dir / "model.onnx", (json_path, html_path))
-        if promote:
+        prev_loss = rep["metrics"].get("previous", {}).get("logloss")
+        worse = require_better and prev_loss is not None and m["logloss"] > prev_loss
+        if promote and not worse:
             reg.promote(registry, version)
         summary["registry"] = str(registry)
-        summary["promoted"] = promote
+        summary["promoted"] = bool(promote and not worse)
+        if promote and worse:
+            summary["not_promoted"] = f"test log loss {m['logloss']} > the previous model's {prev_loss}"
     return summary
