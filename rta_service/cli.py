@@ -61,6 +61,8 @@ def _cdp(opts) -> int:
 def _train(opts) -> int:
     if opts.log:
         return _retrain(opts)
+    if opts.input is None:
+        raise ValueError("rta train needs --input DIR (a simulated world) or --log DIR (an exported decision log)")
     from training.train import train
 
     print(json.dumps(train(opts.input, opts.out, seed=opts.seed, as_of=opts.as_of), indent=2))
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cdp)
 
     p = sub.add_parser("train", help="train LightGBM, export ONNX with a parity check")
-    p.add_argument("--input", type=Path, required=True, help="a simulated world directory")
+    p.add_argument("--input", type=Path, help="a simulated world directory (required unless --log)")
     p.add_argument("--out", type=Path, default=Path("model.onnx"))
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--as-of", type=date)

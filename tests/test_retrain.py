@@ -100,3 +100,41 @@ def test_a_worse_model_is_published_but_not_promoted(trained, tmp_path):
     assert not s["promoted"] and "log loss" in s["not_promoted"]
     assert registry.read_pointer(reg)["version"] == first["model_version"]
     assert s["model_version"] in [r["version"] for r in registry.list_versions(reg)]
+
+
+def test_rta_train_on_an_exported_log(tmp_path):
+    """`rta train --log`: the exported log and conversion events in, a calibrated model in the registry out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rta.v1 import decision_pb2 as pb
+    from rta_service.cli import main as cli
+    from training.log_export import SCHEMA, hour_dir
+
+    df = examples(n=5000, seed=3)
+    rows = [{"entry_id": f"{i}-0", "entry_index": 0, "ts": t, "request_id": rid, "platform": 1, "os": 1,
+             "is_test": False, "decision": pb.BID, "reasons": [pb.SCORED], "ids": [f"{pb.OAID}:{i:032x}"],
+             "matched_id_type": 0, "matched_id": "", "one_id": "", "known": False, "degraded": False, "score": 0.1,
+             "experiment_bucket": 0, "holdout": False, "model_version": "m0", "strategy_ids": ["s"],
+             "strategy_decisions": [pb.BID], "strategy_reasons": [pb.SCORED], "weight_factors": [1.0],
+             "features": [None if v != v else float(v) for v in x]}
+            for i, (t, rid, x) in enumerate(zip(df["ts"], df["request_id"], df[list(FEATURE_NAMES)].to_numpy(),
+                                                strict=True))]
+    hours: dict[str, list] = {}
+    for r in rows:
+        hours.setdefault(hour_dir(r["ts"]), []).append(r)
+    for hour, part in hours.items():
+        (tmp_path / "log" / hour).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), tmp_path / "log" / hour / "part-1.0_2.0.parquet")
+    pos = df[df["label"] == 1]
+    pd.DataFrame({"conversion_id": [f"c{i}" for i in range(len(pos))], "ts": pos["ts"] + 30.0, "type": "paid_order",
+                  "value_fen": 100, "trace_id": pos["request_id"], "id_type": 0, "md5": "", "one_id": ""}).to_parquet(
+        tmp_path / "conversions.parquet")
+    code = cli(["train", "--log", str(tmp_path / "log"), "--conversions", str(tmp_path / "conversions.parquet"),
+                "--out", str(tmp_path / "out"), "--window-s", "3600", "--observed-until", str(df["ts"].max() + 3600),
+                "--registry", str(tmp_path / "reg"), "--promote"])
+    assert code == 0
+    current = registry.read_pointer(tmp_path / "reg")["version"]
+    served = rta_model.OnnxModel.load(registry.model_path(tmp_path / "reg", current))
+    assert served.calibration is not None and served.metrics["auc"] > 0.7
+    assert cli(["train", "--log", str(tmp_path / "log"), "--out", str(tmp_path / "x")]) == 1  # no --conversions
