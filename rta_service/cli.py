@@ -34,6 +34,14 @@ def _serve(opts) -> int:
 
 
 def _simulate(opts) -> int:
+    if opts.mode == "loop":
+        from simulate.loop import run_loop
+
+        run_loop(opts.days, people=opts.people, seed=opts.seed, traffic=opts.traffic,
+                 requests_per_day=opts.requests_per_day, workdir=opts.out)
+        return 0
+    if opts.out is None:
+        raise ValueError("rta simulate needs --out DIR")
     from simulate.world import simulate
 
     summary = simulate(opts.out, people=opts.people, seed=opts.seed, as_of=opts.as_of,
@@ -51,9 +59,38 @@ def _cdp(opts) -> int:
 
 
 def _train(opts) -> int:
+    if opts.log:
+        return _retrain(opts)
+    if opts.input is None:
+        raise ValueError("rta train needs --input DIR (a simulated world) or --log DIR (an exported decision log)")
     from training.train import train
 
     print(json.dumps(train(opts.input, opts.out, seed=opts.seed, as_of=opts.as_of), indent=2))
+    return 0
+
+
+def _retrain(opts) -> int:
+    """Train on the exported decision log and the conversions (training/retrain.py)."""
+    import time
+
+    from training import conversions, examples, retrain
+    from training.engine import connect
+
+    if not opts.conversions:
+        raise ValueError("--log needs --conversions (a Parquet file of conversion events)")
+    con = connect()
+    decisions = examples.read_decisions(con, opts.log)
+    conv = con.create_table("conversions", conversions.read(opts.conversions), overwrite=True)
+    observed = opts.observed_until if opts.observed_until is not None else time.time()
+    ex = examples.build(decisions, conv, observed_until=observed, window_s=opts.window_s)
+    previous = None
+    if opts.registry and (opts.registry / "CURRENT").exists():
+        from .registry import current_model_path
+
+        previous = current_model_path(opts.registry)
+    out = opts.out if opts.out.suffix != ".onnx" else opts.out.parent
+    print(json.dumps(retrain.retrain(ex, out, seed=opts.seed, previous=previous, registry=opts.registry,
+                                     promote=opts.promote), indent=2))
     return 0
 
 
@@ -87,6 +124,38 @@ def _bench(opts) -> int:
     return 0
 
 
+def _logs_export(opts) -> int:
+    from training.log_export import export
+
+    print(json.dumps(export(opts.redis_url, opts.out, opts.namespace, batch=opts.batch), indent=2))
+    return 0
+
+
+def _model(opts) -> int:
+    from . import registry
+
+    if opts.action == "list":
+        rows = registry.list_versions(opts.registry)
+        for r in rows:
+            print(f"{'*' if r['current'] else ' '} {r['version']}  {json.dumps(r['metrics'])}")
+        if not rows:
+            print(f"{opts.registry}: no published versions")
+        return 0
+    if opts.action == "publish":
+        if not opts.version_or_file:
+            raise ValueError("rta model publish needs an ONNX artifact")
+        print(registry.publish(opts.registry, Path(opts.version_or_file)))
+        return 0
+    if opts.action == "promote":
+        if not opts.version_or_file:
+            raise ValueError("rta model promote needs a version (see rta model list)")
+        pointer = registry.promote(opts.registry, opts.version_or_file)
+    else:
+        pointer = registry.rollback(opts.registry)
+    print(f"current: {pointer['version']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rta", description="RTA decision system")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,8 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML settings file (RTA_* environment variables override it)")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("simulate", help="write a synthetic private-domain world as Parquet")
-    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("simulate", help="write a synthetic private-domain world as Parquet; `loop`: the learning loop")
+    p.add_argument("mode", nargs="?", choices=["world", "loop"], default="world",
+                   help="world (default): write the world to --out; loop: run the learning loop for --days")
+    p.add_argument("--out", type=Path, help="world: the directory to write; loop: keep the work files here")
+    p.add_argument("--days", type=int, default=3, help="loop: simulated days (1-7)")
+    p.add_argument("--requests-per-day", type=int, help="loop: sample this many of each day's exposures")
     p.add_argument("--people", type=int, default=20000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--as-of", type=date, help="the world's today, YYYY-MM-DD (default: today)")
@@ -114,10 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cdp)
 
     p = sub.add_parser("train", help="train LightGBM, export ONNX with a parity check")
-    p.add_argument("--input", type=Path, required=True, help="a simulated world directory")
+    p.add_argument("--input", type=Path, help="a simulated world directory (required unless --log)")
     p.add_argument("--out", type=Path, default=Path("model.onnx"))
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--as-of", type=date)
+    p.add_argument("--log", type=Path, help="train on this exported decision log (rta logs export) instead")
+    p.add_argument("--conversions", type=Path, help="with --log: conversion events (docs/specs/attribution.md)")
+    p.add_argument("--window-s", type=float, default=7 * 86400.0, help="with --log: attribution window")
+    p.add_argument("--observed-until", type=float, help="with --log: conversions known up to (default: now)")
+    p.add_argument("--registry", type=Path, help="with --log: publish into this model registry")
+    p.add_argument("--promote", action="store_true", help="with --registry: make the new model current")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("demo", help="end to end on embedded defaults: simulate, cdp, train, serve, traffic")
@@ -139,6 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                    help="a service setting for this run, e.g. --set max_batch=1 (repeatable)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("logs", help="the decision log")
+    p.add_argument("action", choices=["export"])
+    p.add_argument("--out", type=Path, required=True, help="directory of hour=... Parquet partitions")
+    p.add_argument("--redis-url", default=os.environ.get("RTA_REDIS_URL", DEFAULT_REDIS))
+    p.add_argument("--namespace", default=os.environ.get("RTA_REDIS_NAMESPACE", "rta"))
+    p.add_argument("--batch", type=int, default=5000, help="records per Parquet file and acknowledgement")
+    p.set_defaults(func=_logs_export)
+
+    p = sub.add_parser("model", help="the model registry: list, publish, promote, rollback")
+    p.add_argument("action", choices=["list", "publish", "promote", "rollback"])
+    p.add_argument("version_or_file", nargs="?", help="promote: a version; publish: an ONNX artifact")
+    p.add_argument("--registry", type=Path, default=Path(os.environ.get("RTA_MODEL_REGISTRY", "models")))
+    p.set_defaults(func=_model)
     return parser
 
 

@@ -67,12 +67,15 @@ class _Work:
     matched: NormalizedId | None = None
     failure: int = 0  # a degraded reason, 0 = fine
     score: float = math.nan
+    x: list | None = None  # the feature row the model saw (kept for the decision log)
 
 
 class DecisionCore:
     def __init__(self, store, model, policy: pol.Policy, normalizer: IdNormalizer, *, metrics=None,
-                 deadline_margin_s: float = 0.002, min_lookup_s: float = 0.0005, max_lookup_s: float = 0.008):
+                 deadline_margin_s: float = 0.002, min_lookup_s: float = 0.0005, max_lookup_s: float = 0.008,
+                 decision_log=None):
         self.store = store
+        self.decision_log = decision_log  # decision_log.DecisionLog or None
         self.model = model
         self.policy = policy
         self.normalizer = normalizer
@@ -142,6 +145,8 @@ class DecisionCore:
                 stages["policy"].observe(time.perf_counter() - t3)
         if stages:
             stages["batch"].observe(time.perf_counter() - t0)
+        if self.decision_log is not None:
+            self.decision_log.record(now, requests, out, work)
         return out  # type: ignore[return-value]
 
     # -- stages ---------------------------------------------------------------------------------
@@ -193,9 +198,9 @@ class DecisionCore:
         if not work:
             return
         t0 = time.perf_counter()
-        rows = [features.build_features(w.profile, w.request.os, w.matched.id_type if w.matched else 0, now)
-                for w in work]
-        matrix = np.asarray(rows, dtype=np.float32)
+        for w in work:
+            w.x = features.build_features(w.profile, w.request.os, w.matched.id_type if w.matched else 0, now)
+        matrix = np.asarray([w.x for w in work], dtype=np.float32)
         t1 = time.perf_counter()
         try:
             scores = self.model.predict(matrix)

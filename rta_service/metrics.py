@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -79,6 +79,17 @@ class Metrics:
         self._ignored_ids: dict[int, Value] = {}
         self.registry.register(_Collector(self))
         self._http = None
+        # Off the request path (the decision-log writer, the model watcher): prometheus_client's own classes.
+        r = self.registry
+        self.log_written = Counter("rta_decision_log_written", "Decision records written to the Redis Stream",
+                                   registry=r)
+        self.log_dropped = Counter("rta_decision_log_dropped", "Decision records dropped: the buffer was full "
+                                   "(buffer_full) or Redis refused the write (redis_error)", ["reason"], registry=r)
+        self.log_buffered = Gauge("rta_decision_log_buffered", "Decision records waiting to be written", registry=r)
+        self.model_info = Gauge("rta_model_info", "1 for the model version serving now", ["model_version"],
+                                registry=r)
+        self.model_reloads = Counter("rta_model_reloads", "Promoted models loaded (ok) or refused (refused)",
+                                     ["result"], registry=r)
 
     def decision(self, decision: int, reason: int, model_version: str) -> Value:
         key = (decision, reason, model_version)

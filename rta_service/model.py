@@ -4,6 +4,8 @@ An artifact is an ONNX model (LightGBM exported with zipmap=False) whose metadat
     rta.feature_names  JSON list; must equal features.FEATURE_NAMES or the model is refused
     rta.model_version  free text shown in responses and metrics
     rta.metrics        JSON object (AUC etc.), informational
+    rta.calibration    optional JSON {"x": [...], "y": [...]}: a monotone table mapping the graph's score
+                       to a calibrated probability by linear interpolation (clipped at the ends)
 The model's input is one float32 tensor [n, len(FEATURE_NAMES)]; the score is the probability of
 class 1, read from the output named `probabilities` (or the second output).
 """
@@ -21,6 +23,7 @@ from . import features
 META_FEATURES = "rta.feature_names"
 META_VERSION = "rta.model_version"
 META_METRICS = "rta.metrics"
+META_CALIBRATION = "rta.calibration"
 
 
 class ModelError(RuntimeError):
@@ -36,6 +39,7 @@ class OnnxModel:
         self._input = session.get_inputs()[0].name
         outputs = [o.name for o in session.get_outputs()]
         self._output = "probabilities" if "probabilities" in outputs else outputs[-1]
+        self.calibration: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def load(cls, path: str | Path, expected_features: tuple[str, ...] = features.FEATURE_NAMES) -> OnnxModel:
@@ -58,6 +62,8 @@ class OnnxModel:
             raise ModelError(f"{path}: model features {list(names)} differ from the feature builder's "
                              f"{list(expected_features)}")
         model = cls(session, meta.get(META_VERSION, path.stem), json.loads(meta.get(META_METRICS, "{}")), names)
+        if META_CALIBRATION in meta:
+            model.calibration = parse_calibration(meta[META_CALIBRATION], path)
         model.predict(np.full((2, len(names)), np.nan, dtype=np.float32))  # fail at start-up, not on a request
         return model
 
@@ -67,4 +73,19 @@ class OnnxModel:
         scores = out[:, 1] if out.ndim == 2 else out
         if scores.shape[0] != matrix.shape[0]:
             raise ModelError(f"model returned {scores.shape[0]} scores for {matrix.shape[0]} rows")
+        if self.calibration is not None:
+            return np.interp(scores, *self.calibration)
         return scores.astype(np.float64, copy=False)
+
+
+def parse_calibration(raw: str, path) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration table of an artifact: increasing x, non-decreasing y in [0, 1]."""
+    try:
+        table = json.loads(raw)
+        x, y = np.asarray(table["x"], dtype=np.float64), np.asarray(table["y"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: unreadable {META_CALIBRATION}: {exc}") from None
+    if x.ndim != 1 or x.shape != y.shape or len(x) < 2 or np.any(np.diff(x) <= 0) or np.any(np.diff(y) < 0) \
+            or y.min() < 0 or y.max() > 1:
+        raise ModelError(f"{path}: {META_CALIBRATION} must be increasing x and non-decreasing y in [0, 1]")
+    return x, y

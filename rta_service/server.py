@@ -17,10 +17,12 @@ from rta.v1 import decision_pb2 as pb
 from rta.v1 import decision_pb2_grpc as pb_grpc
 
 from .core import DecisionCore, Limits, MicroBatcher
+from .decision_log import DecisionLog
 from .ids import IdNormalizer
 from .metrics import Metrics
 from .model import OnnxModel
 from .policy import Policy, load_policy
+from .registry import ModelWatcher, current_model_path
 from .servicer import RtaServicer
 from .settings import Settings
 from .store import ProfileStore
@@ -42,7 +44,8 @@ def load_deps(settings: Settings, metrics: Metrics | None = None) -> Deps:
                          connect_timeout_s=settings.redis_connect_timeout_ms / 1000,
                          retry_after_s=settings.redis_retry_after_ms / 1000,
                          refresh_s=settings.generation_refresh_ms / 1000, metrics=metrics)
-    return Deps(store=store, model=OnnxModel.load(settings.model_path), policy=load_policy(settings.policy_path))
+    model_path = current_model_path(settings.model_registry) if settings.model_registry else settings.model_path
+    return Deps(store=store, model=OnnxModel.load(model_path), policy=load_policy(settings.policy_path))
 
 
 class RtaServer:
@@ -51,10 +54,18 @@ class RtaServer:
         self.deps = deps
         self.metrics = metrics
         normalizer = IdNormalizer(settings.id_precedence, settings.extra_doubtful_ids)
+        self.decision_log = DecisionLog(
+            settings.decision_log_url or settings.redis_url, settings.redis_namespace,
+            capacity=settings.decision_log_buffer, batch=settings.decision_log_batch,
+            flush_s=settings.decision_log_flush_ms / 1000, maxlen=settings.decision_log_maxlen,
+            metrics=metrics) if settings.decision_log else None
         self.core = DecisionCore(deps.store, deps.model, deps.policy, normalizer, metrics=metrics,
                                  deadline_margin_s=settings.deadline_margin_ms / 1000,
                                  min_lookup_s=settings.min_lookup_ms / 1000,
-                                 max_lookup_s=settings.redis_timeout_ms / 1000)
+                                 max_lookup_s=settings.redis_timeout_ms / 1000, decision_log=self.decision_log)
+        self.model_watcher = ModelWatcher(settings.model_registry, self.core, settings.model_watch_ms / 1000,
+                                          metrics) if settings.model_registry else None
+        metrics.model_info.labels(model_version=deps.model.version).set(1)
         self.batcher = MicroBatcher(self.core, settings.max_batch, settings.batch_concurrency, metrics,
                                     window_s=settings.batch_window_us / 1e6)
         limits = Limits(max_device_ids=settings.max_device_ids, max_strategy_ids=settings.max_strategy_ids)
@@ -79,6 +90,10 @@ class RtaServer:
         if self.settings.admin_listen:
             self.admin_port = self.metrics.serve(self.settings.admin_listen)
         await self.deps.store.start()
+        if self.decision_log:
+            self.decision_log.start()
+        if self.model_watcher:
+            self.model_watcher.start()
         await self.grpc.start()
         self._health_task = asyncio.create_task(self._follow_health(), name="health")
         log.info("serving %s on port %d (model %s, admin port %s)", SERVICE_NAME, self.port,
@@ -111,6 +126,10 @@ class RtaServer:
         if drain > 0:
             await asyncio.sleep(drain)
         await self.grpc.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        if self.model_watcher:
+            await self.model_watcher.close()
+        if self.decision_log:
+            await self.decision_log.close()
         await self.deps.store.close()
         self.metrics.close()
 

@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     shutdown_drain_s: Annotated[float, Field(ge=0, le=300)] = 1.0  # on SIGTERM: NOT_SERVING but answering
     shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 5.0
     log_level: str = "INFO"
+    # The decision log (docs/specs/decision-log.md): every decision into the Redis Stream {ns}:decisions.
+    decision_log: bool = True
+    decision_log_url: str = ""  # its own Redis connection; empty: redis_url
+    decision_log_buffer: Annotated[int, Field(ge=1, le=10_000_000)] = 50_000  # records held; past it, dropped
+    decision_log_batch: Annotated[int, Field(ge=1, le=100_000)] = 500  # records per pipelined write
+    decision_log_flush_ms: Ms = 50.0
+    decision_log_maxlen: Annotated[int, Field(ge=100)] = 100_000  # stream entries kept (MAXLEN ~), each <= batch
+    # A model registry directory (docs/specs/model-registry.md): serve its current model instead of
+    # model_path, and follow promotions and rollbacks without a restart.
+    model_registry: Path | None = None
+    model_watch_ms: Ms = 1000.0  # how often the registry's current pointer is read (off the request path)
 
     @field_validator("listen", "admin_listen")
     @classmethod
