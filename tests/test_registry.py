@@ -129,8 +129,9 @@ def test_the_service_swaps_models_under_load_and_refuses_a_bad_one(service, reg)
         for t in threads:
             t.join(10)
     assert errors == []  # no failed or degraded call across three swaps and a refusal
-    changes = [v for i, v in enumerate(seen) if i == 0 or seen[i - 1] != v]
-    assert changes == ["m-1", "m-2", "m-1"]
+    # The phases m-1, m-2, m-1 are asserted by serving() above; two client threads append around a
+    # swap in no fixed order, so the log itself may flicker at a boundary. The bad model never answered.
+    assert set(seen) == {"m-1", "m-2"}
     m = svc.server.metrics
     assert m.model_info.labels(model_version="m-1")._value.get() == 1
     assert m.model_info.labels(model_version="m-2")._value.get() == 0
