@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import grpc
 import redis
@@ -14,6 +15,16 @@ from rta.v1 import profile_pb2
 from rta_service import keyspace
 from rta_service.server import create_server
 from rta_service.settings import load_settings
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; returns its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
 
 
 class ServiceHandle:

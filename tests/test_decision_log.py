@@ -22,19 +22,11 @@ from rta_service import decision_log as dl
 from rta_service.embedded_redis import free_port
 from rta_service.features import N_FEATURES, build_features
 from rta_service.ids import hash_raw
+from tests.service_handle import wait_for
 from training import log_export
 
 RAW_OAID = "1c9f4f2b-5a2e-4c65-9d3b-0a8e6f1f2d3c"
 OAID_MD5 = "c0535cfbee4c09086c42fa39f120250f"
-
-
-def _wait(pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def _records(r: redis.Redis, ns: str = "rta") -> list[dict]:
@@ -54,7 +46,7 @@ def test_every_decision_is_logged_with_what_training_needs(service):
     svc.stub.Decide(pb.DecideRequest(request_id="noid"), timeout=5)
     svc.stub.Decide(pb.DecideRequest(request_id="ping", is_ping=True), timeout=5)
     r = svc.redis
-    assert _wait(lambda: len(_records(r)) >= 3)
+    assert wait_for(lambda: len(_records(r)) >= 3)
     time.sleep(0.1)
     recs = {x["request_id"]: x for x in _records(r)}
     assert set(recs) == {"known", "raw", "noid"}  # pings are not decisions
@@ -88,7 +80,7 @@ def test_decisions_go_on_when_the_log_cannot_write_and_the_drops_are_counted(ser
             pb.DeviceId(type=pb.OAID, value=OAID_MD5)]), timeout=5)
         assert resp.internal.known and not resp.internal.degraded
     counter = svc.server.metrics.log_dropped.labels(reason="redis_error")
-    assert _wait(lambda: counter._value.get() == 20)
+    assert wait_for(lambda: counter._value.get() == 20)
     assert svc.server.decision_log.written == 0
 
 
@@ -140,7 +132,7 @@ def test_export_killed_mid_run_then_rerun_loses_and_duplicates_nothing(redis_url
            "--batch", "70"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert _wait(lambda: len(list(out.glob("hour=*/part-*.parquet"))) >= 5, timeout=60), \
+        assert wait_for(lambda: len(list(out.glob("hour=*/part-*.parquet"))) >= 5, timeout=60), \
             proc.stderr.read().decode() if proc.poll() is not None else "no files written"
     finally:
         os.kill(proc.pid, signal.SIGKILL)

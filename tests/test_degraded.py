@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rta.v1 import decision_pb2 as pb
 from rta.v1 import profile_pb2
 from rta_service.embedded_redis import EmbeddedRedis
+from tests.service_handle import wait_for
 
 OAID = "c0535cfbee4c09086c42fa39f120250f"
 REQUEST = pb.DecideRequest(request_id="d", device_ids=[pb.DeviceId(type=pb.OAID, value=OAID)])
@@ -24,15 +25,6 @@ def own_redis():
     server = EmbeddedRedis().start()
     yield server
     server.close()
-
-
-def _wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _decide(svc, timeout=1.0):
@@ -51,7 +43,7 @@ def test_redis_killed_then_restarted(service, own_redis):
     assert _decide(svc).internal.reasons[0] == pb.SCORED
     # Health follows the store every 50 ms: wait until it has seen the live export, or a fast run
     # could stop Redis before the service ever became SERVING.
-    assert _wait_for(lambda: _health(svc) == health_pb2.HealthCheckResponse.SERVING)
+    assert wait_for(lambda: _health(svc) == health_pb2.HealthCheckResponse.SERVING)
 
     own_redis.stop()
     for _ in range(20):
@@ -67,11 +59,11 @@ def test_redis_killed_then_restarted(service, own_redis):
     assert _health(svc) == health_pb2.HealthCheckResponse.SERVING
 
     own_redis.start()  # same port, but empty: it must not be read as "every device is unknown"
-    assert _wait_for(lambda: _decide(svc).internal.reasons[0] == pb.NO_PROFILES)
+    assert wait_for(lambda: _decide(svc).internal.reasons[0] == pb.NO_PROFILES)
     resp = _decide(svc)
     assert resp.internal.degraded and resp.cache_ttl_seconds == 60
     svc.put_profile(pb.OAID, OAID, profile_pb2.Profile(one_id="p"))  # the CDP exports again
-    assert _wait_for(lambda: not _decide(svc).internal.degraded)
+    assert wait_for(lambda: not _decide(svc).internal.degraded)
     assert _decide(svc).internal.one_id == "p"
 
 
@@ -83,7 +75,7 @@ def test_slow_redis_times_out_within_the_deadline(service, own_redis):
     assert resp.processing_time_us < DEADLINE_S * 1e6  # gave up on Redis after ~8 ms, not 500
     assert resp.internal.degraded and resp.internal.reasons[0] == pb.STORE_TIMEOUT
     time.sleep(0.6)
-    assert _wait_for(lambda: not _decide(svc).internal.degraded)
+    assert wait_for(lambda: not _decide(svc).internal.degraded)
 
 
 def test_short_caller_deadline_skips_the_lookup(service):
