@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 import redis
 
+from . import engine, ingest
 from .export import export
-from .profiles import build_profiles, cutoff_ts
+from .ingest import CDP_TABLES
+from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 
-CDP_TABLES = ("memberships", "membership_devices", "orders", "wecom")
 META_FILE = "meta.json"  # written by simulate; carries the world's as_of
 
 
@@ -37,12 +38,15 @@ def world_as_of(input_dir: Path, as_of: dt.date | None = None) -> dt.date:
 
 
 def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date | None = None,
-        grace_s: float = 0.0) -> dict:
+        grace_s: float = 0.0, engine_name: str = "duckdb", engine_opts: dict | None = None) -> dict:
     """Build profiles from input_dir as of `as_of` and export them as a new generation; returns a summary."""
     started = time.perf_counter()
     as_of = world_as_of(input_dir, as_of)
-    tables = read_tables(input_dir)
-    profiles, index = build_profiles(tables, as_of)
+    con = engine.connect(engine_name, **(engine_opts or {}))
+    tables = ingest.read_parquet(con, input_dir)
+    profile_t, index_t, res = profile_tables(tables, as_of)
+    profiles, index = to_frame(profile_t), index_frame(index_t)
+    n_records = res.records.count().to_pyarrow().as_py()
     built = time.perf_counter()
     client = redis.Redis.from_url(redis_url, socket_timeout=60, socket_connect_timeout=10)
     try:
@@ -53,7 +57,9 @@ def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date 
         "as_of": as_of.isoformat(),
         "cutoff_ts": cutoff_ts(as_of),
         "namespace": namespace,
-        "records": len(tables["memberships"]) + len(tables["wecom"]),
+        "engine": engine_name,
+        "records": n_records,
+        "oneid_rounds": res.rounds,
         "profiles": len(profiles),
         "members": int(profiles["is_member"].sum()),
         "profiles_with_devices": int((profiles["device_count"] > 0).sum()),

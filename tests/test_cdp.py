@@ -6,12 +6,13 @@ import datetime as dt
 import hashlib
 import re
 
+import ibis
 import numpy as np
 import pandas as pd
 import pytest
 import redis
 
-from cdp import identity
+from cdp import engine, identity
 from cdp.export import export
 from cdp.pipeline import read_tables, run
 from cdp.profiles import build_profiles, cutoff_ts, to_messages
@@ -55,7 +56,7 @@ def world_tables(accounts=(), devices=(), orders=(), wecom=()) -> dict[str, pd.D
 
 
 def one_ids(tables) -> dict[str, str]:
-    records, _ = identity.resolve(tables)
+    records, _ = identity.resolve_frames(tables)
     return dict(zip(records["record_id"], records["one_id"], strict=True))
 
 
@@ -70,7 +71,7 @@ def small_world(tmp_path_factory):
 
 def test_resolution_matches_ground_truth(small_world):
     tables = read_tables(small_world)
-    records, identifiers = identity.resolve(tables)
+    records, identifiers = identity.resolve_frames(tables)
     wecom_truth = pd.read_parquet(small_world / "truth_wecom.parquet").rename(columns={"friendship_id": "record_id"})
     truth = pd.concat([pd.read_parquet(small_world / "truth_memberships.parquet"), wecom_truth])
     joined = records.merge(truth, on="record_id", validate="one_to_one")
@@ -142,9 +143,15 @@ def test_one_id_is_a_hash_of_the_earliest_identifier_and_stable():
     assert re.fullmatch(r"[0-9a-f]{24}", ids["old"])
 
 
-def test_union_find_handles_chains_and_isolated_nodes():
-    labels = identity.connected_labels(7, np.array([5, 4, 3, 1]), np.array([4, 3, 2, 0]))
-    assert labels.tolist() == [0, 0, 2, 2, 2, 2, 6]
+def test_label_propagation_handles_long_chains_and_separate_components():
+    chain = [(f"n{i:02d}", f"k{i}") for i in range(20)] + [(f"n{i + 1:02d}", f"k{i}") for i in range(19)]
+    pair = [("x1", "shared"), ("x2", "shared"), ("x2", "own")]
+    con = engine.connect()
+    graph = con.create_view("g", ibis.memtable(pd.DataFrame(chain + pair, columns=["node", "key"])))
+    labels, rounds = identity.propagate(graph)
+    got = dict(zip(*labels.to_pandas()[["node", "label"]].T.to_numpy(), strict=True))
+    assert got == {**{f"n{i:02d}": "n00" for i in range(20)}, "x1": "x1", "x2": "x1"}
+    assert rounds <= 8  # pointer jumping: a chain of 20 does not take 20 rounds
 
 
 # --- profiles ---------------------------------------------------------------------------------------------
