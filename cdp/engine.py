@@ -11,11 +11,13 @@ Spark, and what each option means.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from typing import Any
 
 import ibis
+import ibis.expr.types as ir
 
 ENGINES = ("duckdb", "pyspark")
 
@@ -77,3 +79,36 @@ def _pyspark(session=None, master: str = "local[2]", app_name: str = "rta-cdp",
 def name_of(con: ibis.BaseBackend) -> str:
     """"duckdb" or "pyspark": the engine a backend belongs to."""
     return con.name
+
+
+_checkpoints: dict[str, Any] = {}
+_checkpoint_ids = itertools.count()
+
+
+def materialize(expr: ir.Table) -> ir.Table:
+    """Compute `expr` once and return a table over the result, for steps that reuse it or loop.
+
+    DuckDB: a temporary table (Table.cache). Spark: a local checkpoint, which also cuts the lineage,
+    so an iterative job's plans stay small (Spark's cache keeps the whole lineage to analyse each round).
+    """
+    con = expr._find_backend()
+    if con.name != "pyspark":
+        return expr.cache()
+    name = f"rta_checkpoint_{next(_checkpoint_ids)}"
+    frame = con._session.sql(con.compile(expr)).localCheckpoint(eager=True)
+    frame.createOrReplaceTempView(name)
+    _checkpoints[name] = frame
+    return con.table(name)
+
+
+def release(table: ir.Table) -> None:
+    """Free what materialize() holds for `table`."""
+    con = table._find_backend()
+    if con.name != "pyspark":
+        table.release()
+        return
+    name = table.op().name
+    frame = _checkpoints.pop(name, None)
+    if frame is not None:
+        con._session.catalog.dropTempView(name)
+        frame.unpersist()

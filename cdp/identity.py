@@ -9,7 +9,7 @@ never link anyone.
 Clustering is min-label propagation over the bipartite record-identifier graph: each round, every
 identifier takes the smallest label of its records, every record the smallest label of its
 identifiers, then labels jump to their label's label (pointer jumping, so long chains converge in
-log rounds). Each round is a few joins and group-bys materialised with `Table.cache()`: no recursive
+log rounds). Each round is a few joins and group-bys materialised with `engine.materialize`: no recursive
 SQL, so it runs the same on DuckDB and Spark. A cluster's OneID is a hash of its earliest identifier
 (ties: the smallest key), so it does not depend on input order and survives later records joining.
 """
@@ -29,6 +29,9 @@ import pyarrow.compute as pc
 
 from rta_service import keyspace
 from rta_service.ids import BUILTIN_DOUBTFUL
+
+from . import engine, ingest
+from .engine import materialize, release
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +125,19 @@ def edges(tables: dict[str, ir.Table]) -> ir.Table:
 def propagate(graph: ir.Table, max_rounds: int = MAX_ROUNDS) -> tuple[ir.Table, int]:
     """([node, label], rounds): label = the smallest node of each connected component of `graph`
     (a [node, key] bipartite edge list). Only nodes with at least one edge appear."""
-    pairs = graph.select("node", "key").cache()
-    labels = pairs.select("node").distinct().mutate(label=ibis._.node).cache()
+    pairs = graph.select("node", "key").pipe(materialize)
+    labels = pairs.select("node").distinct().mutate(label=ibis._.node).pipe(materialize)
     for rounds in range(1, max_rounds + 1):
         by_key = pairs.join(labels, "node").group_by("key").agg(label=ibis._.label.min())
         hop = pairs.join(by_key, "key").group_by("node").agg(label=ibis._.label.min())
         parent = hop.select(label_node="node", parent=ibis._.label)
         jumped = hop.join(parent, hop.label == parent.label_node)
-        new = jumped.select("node", label=ibis.least(jumped.label, jumped.parent)).cache()
+        new = jumped.select("node", label=ibis.least(jumped.label, jumped.parent)).pipe(materialize)
         changed = new.join(labels, "node").filter(lambda t: t.label != t.label_right).count().to_pyarrow().as_py()
-        labels.release()
+        release(labels)
         labels = new
         if changed == 0:
-            pairs.release()
+            release(pairs)
             return labels, rounds
     raise RuntimeError(f"label propagation did not converge in {max_rounds} rounds")
 
@@ -158,17 +161,17 @@ class Resolution:
 
     def release(self) -> None:
         for t in (self.records, self.identifiers):
-            t.release()
+            release(t)
 
 
 def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDRAILS) -> Resolution:
     """Cluster the records of `tables` (Ibis tables of memberships, membership_devices, wecom)."""
     recs = records(tables)
-    e = edges(tables).cache()
+    e = edges(tables).pipe(materialize)
     labels, rounds = propagate(e)
     # Each record's cluster: its label, or itself when it has no usable identifier.
     rec = recs.left_join(labels, "node")
-    rec = rec.select("node", "table", "record_id", "ts", cluster=ibis.coalesce(rec.label, rec.node)).cache()
+    rec = rec.select("node", "table", "record_id", "ts", cluster=ibis.coalesce(rec.label, rec.node)).pipe(materialize)
     # The earliest identifier names the cluster; a lonely record is named after itself.
     named = e.join(labels, "node").select("key", "ts", cluster="label")
     lonely = rec.view().filter(ibis._.cluster == ibis._.node)
@@ -176,13 +179,13 @@ def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDR
     firsts = named.union(lonely, distinct=False)
     rank = ibis.row_number().over(group_by="cluster", order_by=["ts", "key"])
     firsts = firsts.mutate(rank=rank).filter(ibis._.rank == 0)
-    names = firsts.select("cluster", one_id=one_id_expr(firsts.key)).cache()
+    names = firsts.select("cluster", one_id=one_id_expr(firsts.key)).pipe(materialize)
     ids = e.join(labels, "node").select("key", cluster="label").distinct()
-    ids = ids.join(names, "cluster").select("key", "one_id").cache()
+    ids = ids.join(names, "cluster").select("key", "one_id").pipe(materialize)
     clustered = rec
-    rec = rec.join(names, "cluster").select("table", "record_id", "one_id").cache()
+    rec = rec.join(names, "cluster").select("table", "record_id", "one_id").pipe(materialize)
     for done in (clustered, names, labels, e):
-        done.release()
+        release(done)
     sizes = rec.group_by("one_id").agg(size=ibis._.count())
     guardrails.check(sizes)
     return Resolution(rec, ids, rounds, sizes)
@@ -191,8 +194,6 @@ def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDR
 def resolve_frames(tables: dict[str, pd.DataFrame], con=None,
                    guardrails: Guardrails = DEFAULT_GUARDRAILS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """resolve() for in-memory frames: (records[table, record_id, one_id], identifiers[key, one_id])."""
-    from . import engine, ingest  # noqa: PLC0415 - ingest imports nothing from here, but keep the layering plain
-
     con = con or engine.connect()
     needed = {name: tables[name] for name in ("memberships", "membership_devices", "wecom")}
     res = resolve(ingest.register(con, needed), guardrails)

@@ -1,19 +1,26 @@
-"""`rta cdp`: read the private-domain tables, build profiles as of a date, publish them to Redis."""
+"""`rta cdp`: read the private-domain tables, resolve OneIDs, build profiles as of a date, publish them to Redis.
+
+Stages (each printed with its wall time when `progress` is given): ingest -> oneid -> profiles -> export.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import redis
 
 from . import engine, ingest
+from .config import CdpConfig
 from .export import export
+from .identity import Guardrails
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
+from .report import identity_accuracy, segment_sizes
 
 META_FILE = "meta.json"  # written by simulate; carries the world's as_of
 
@@ -37,32 +44,77 @@ def world_as_of(input_dir: Path, as_of: dt.date | None = None) -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date | None = None,
-        grace_s: float = 0.0, engine_name: str = "duckdb", engine_opts: dict | None = None) -> dict:
-    """Build profiles from input_dir as of `as_of` and export them as a new generation; returns a summary."""
-    started = time.perf_counter()
-    as_of = world_as_of(input_dir, as_of)
-    con = engine.connect(engine_name, **(engine_opts or {}))
-    tables = ingest.read_parquet(con, input_dir)
-    profile_t, index_t, res = profile_tables(tables, as_of)
+class Stages:
+    """Wall time per stage, reported through `progress` as each one ends."""
+
+    def __init__(self, progress: Callable[[str], None] | None = None):
+        self.seconds: dict[str, float] = {}
+        self._progress = progress or (lambda _msg: None)
+        self._t = time.perf_counter()
+
+    def done(self, stage: str, detail: str = "") -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._t, 3)
+        self._t = now
+        self._progress(f"[cdp] {stage:<9} {self.seconds[stage]:7.2f}s  {detail}".rstrip())
+
+
+def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_ts: int | None = None):
+    """(con, stages, profiles, index, resolution, as_of): everything up to, not including, the export."""
+    stages = Stages(progress)
+    as_of = world_as_of(cfg.input, cfg.as_of)
+    con = engine.connect(cfg.engine, **cfg.engine_options)
+    tables = ingest.read_parquet(con, cfg.input)
+    stages.done("ingest", f"{cfg.engine}: {', '.join(tables)} from {cfg.input}")
+    profiles, index, res = profile_tables(tables, as_of, built_ts, Guardrails(cfg.max_cluster_size))
+    stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds")
+    return con, stages, profiles, index, res, as_of
+
+
+def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Build profiles as configured and export them as a new generation; returns a summary."""
+    con, stages, profile_t, index_t, res, as_of = build(cfg, progress)
     profiles, index = to_frame(profile_t), index_frame(index_t)
     n_records = res.records.count().to_pyarrow().as_py()
-    built = time.perf_counter()
-    client = redis.Redis.from_url(redis_url, socket_timeout=60, socket_connect_timeout=10)
+    segments = segment_sizes(profile_t)
+    stages.done("collect", f"{len(profiles):,} profiles, {len(index):,} device IDs")
+    client = redis.Redis.from_url(cfg.redis_url, socket_timeout=60, socket_connect_timeout=10)
     try:
-        exported = export(client, profiles, index, ns=namespace, grace_s=grace_s)
+        exported = export(client, profiles, index, ns=cfg.namespace, grace_s=cfg.grace_s)
     finally:
         client.close()
+    stages.done("export", f"generation {exported['generation']}, {exported['keys_written']:,} keys")
     return {
         "as_of": as_of.isoformat(),
         "cutoff_ts": cutoff_ts(as_of),
-        "namespace": namespace,
-        "engine": engine_name,
+        "namespace": cfg.namespace,
+        "engine": cfg.engine,
         "records": n_records,
         "oneid_rounds": res.rounds,
         "profiles": len(profiles),
         "members": int(profiles["is_member"].sum()),
         "profiles_with_devices": int((profiles["device_count"] > 0).sum()),
-        "build_seconds": round(built - started, 3),
+        "segments": segments,
+        "stage_seconds": stages.seconds,
         "export": exported,
     }
+
+
+def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date | None = None,
+        grace_s: float = 0.0, engine_name: str = "duckdb", progress: Callable[[str], None] | None = None) -> dict:
+    """run_config with the common settings as arguments (the demo's entry point)."""
+    cfg = CdpConfig(input=input_dir, redis_url=redis_url, namespace=namespace, as_of=as_of, grace_s=grace_s,
+                    engine=engine_name)
+    return run_config(cfg, progress)
+
+
+def report(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Identity accuracy against the world's truth files (when present), segment sizes; no export."""
+    con, stages, profiles, _index, res, as_of = build(cfg, progress)
+    out = {"as_of": as_of.isoformat(), "engine": cfg.engine}
+    if (Path(cfg.input) / "truth_memberships.parquet").exists():
+        out["identity"] = identity_accuracy(con, cfg.input, res)
+    out["segments"] = segment_sizes(profiles)
+    stages.done("report")
+    out["stage_seconds"] = stages.seconds
+    return out

@@ -22,6 +22,7 @@ from rta.v1 import profile_pb2
 from rta_service import keyspace
 
 from . import engine, ingest
+from .engine import materialize, release
 from .identity import DEFAULT_GUARDRAILS, Guardrails, Resolution, resolve
 
 TZ = dt.timezone(dt.timedelta(hours=8))
@@ -62,9 +63,9 @@ def profile_table(t: dict[str, ir.Table], res: Resolution, index: ir.Table, cuto
     recs = res.records
     m_one = recs.filter(recs.table == "memberships").select("record_id", "one_id")
     w_one = recs.filter(recs.table == "wecom").select(friendship_id="record_id", one_id="one_id")
-    m = t["memberships"].join(m_one, "record_id").cache()
-    w = t["wecom"].join(w_one, "friendship_id").cache()
-    o = t["orders"].join(m_one, "record_id").cache()
+    m = t["memberships"].join(m_one, "record_id").pipe(materialize)
+    w = t["wecom"].join(w_one, "friendship_id").pipe(materialize)
+    o = t["orders"].join(m_one, "record_id").pipe(materialize)
     base = recs.select("one_id").distinct()
     member = m.group_by("one_id").agg(is_member=m.is_member.any())
     orders = o.group_by("one_id").agg(order_count=o.count(), last_order_ts=o.ts.max(),
@@ -93,9 +94,9 @@ def profile_table(t: dict[str, ir.Table], res: Resolution, index: ir.Table, cuto
         channel_count=p.channel_count.fill_null(0).cast("int64"),
         device_count=p.device_count.fill_null(0).cast("int64"),
         updated_ts=ibis.literal(built_ts, type="int64"),
-    ).cache()
+    ).pipe(materialize)
     for done in (m, w, o):
-        done.release()
+        release(done)
     buyer = p.order_count > 0
     days = (cutoff - p.last_order_ts) / DAY
     vip_floor = p.filter(buyer).monetary_fen.quantile(VIP_QUANTILE).as_scalar()
@@ -112,13 +113,13 @@ def profile_tables(tables: dict[str, ir.Table], as_of: dt.date, built_ts: int | 
                    guardrails: Guardrails = DEFAULT_GUARDRAILS) -> tuple[ir.Table, ir.Table, Resolution]:
     """(profiles, device index [id_type, md5, one_id], resolution) as Ibis tables, from data before as_of."""
     cutoff = cutoff_ts(as_of)
-    t = {name: table.cache() for name, table in before(tables, cutoff).items()}
+    t = {name: table.pipe(materialize) for name, table in before(tables, cutoff).items()}
     res = resolve(t, guardrails)
-    index = device_index(res.identifiers).cache()
+    index = device_index(res.identifiers).pipe(materialize)
     built = int(time.time()) if built_ts is None else built_ts
-    profiles = profile_table(t, res, index, cutoff, built).cache()
+    profiles = profile_table(t, res, index, cutoff, built).pipe(materialize)
     for table in t.values():
-        table.release()
+        release(table)
     return profiles, index, res
 
 

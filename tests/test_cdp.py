@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import re
+from pathlib import Path
 
 import ibis
 import numpy as np
@@ -13,12 +15,14 @@ import pytest
 import redis
 
 from cdp import engine, identity
+from cdp.config import CdpConfig, load_config
 from cdp.export import export
 from cdp.pipeline import read_tables, run
 from cdp.profiles import build_profiles, cutoff_ts, to_messages
 from rta.v1 import decision_pb2 as pb
-from rta_service import keyspace
+from rta_service import cli, keyspace
 from rta_service.ids import hash_raw
+from rta_service.settings import SettingsError
 from simulate.world import simulate
 
 AS_OF = dt.date(2025, 6, 1)
@@ -245,3 +249,40 @@ def test_generation_switch_is_one_set_then_old_keys_go(redis_url):
     assert client.get("other:1:o:" + OAID) == b"x"
     record = keyspace.decode_profile(client.get(keyspace.device_key("rta", 2, pb.OAID, OAID)))
     assert record.order_count == 1 and record.last_order_ts == CUTOFF - 10 * DAY
+
+
+# --- configuration and CLI ----------------------------------------------------------------------------------
+
+def test_every_cdp_setting_is_documented_and_bad_ones_are_all_reported(tmp_path):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cdp.md").read_text()
+    table = doc.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = {name for row in re.findall(r"^\| (`[^|]+) \|", table, flags=re.M)
+                  for name in re.findall(r"`([a-z_]+)`", row)}
+    assert documented == set(CdpConfig.model_fields)
+    bad = tmp_path / "cdp.yaml"
+    bad.write_text("input: /x\nengine: spark\nmax_cluster_size: 1\nbogus: 3\n")
+    with pytest.raises(SettingsError) as err:
+        load_config(bad)
+    for field in ("engine", "max_cluster_size", "bogus"):
+        assert field in str(err.value)
+
+
+def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
+    config = tmp_path / "cdp.yaml"
+    config.write_text(f"input: {small_world}\nredis_url: {redis_url}\nnamespace: cli\ngrace_s: 0\n")
+    assert cli.main(["cdp", "run", "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["export"]["generation"] == 1 and summary["segments"]["profiles"] == summary["profiles"]
+    assert "[cdp] ingest" in err and "[cdp] export" in err
+    assert cli.main(["cdp", "report", "--input", str(small_world)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["identity"]["pairwise_precision"] >= 0.999 and report["identity"]["true_persons"] == 3000
+    assert report["identity"]["one_ids"] == summary["profiles"]
+
+
+def test_a_cluster_past_the_size_limit_fails_the_run():
+    tables = world_tables(accounts=[account(f"a{i}", phone="SHARED") for i in range(5)])
+    with pytest.raises(identity.ClusterTooLarge, match="5 records"):
+        identity.resolve_frames(tables, guardrails=identity.Guardrails(max_cluster_size=4))
+    assert len(set(identity.resolve_frames(tables, guardrails=identity.Guardrails(5))[0]["one_id"])) == 1
