@@ -80,9 +80,15 @@ def str_isin(values: pd.Series, allowed) -> np.ndarray:
     return pc.fill_null(pc.is_in(column, value_set=wanted), False).to_numpy(zero_copy_only=False)
 
 
+def trim(value: ir.StringValue) -> ir.StringValue:
+    """Leading and trailing whitespace removed. Not Ibis's strip(): on Spark it also strips the letters
+    f, n, r, t and v (ibis 12 passes the escapes '\\f\\n...' to Spark's TRIM as literal characters)."""
+    return value.re_replace(r"^\s+|\s+$", "")
+
+
 def usable(value: ir.StringValue) -> ir.BooleanValue:
     """True where a value may link records: present, not a blocked value, not all zeros."""
-    text = value.strip().lower()
+    text = trim(value).lower()
     return value.notnull() & text.notin(sorted(BLOCKED_VALUES)) & ~text.re_search(ZERO_LIKE)
 
 
@@ -104,13 +110,13 @@ def edges(tables: dict[str, ir.Table]) -> ir.Table:
     for name, columns in IDENTIFIER_COLUMNS.items():
         t = tables[name]
         for column, kind in columns.items():
-            value = t[column].strip()
+            value = trim(t[column])
             value = value.lower() if kind in _LOWER_KINDS else value
             prefix = ibis.literal(f"{kind}:") if kind != "buyer" else "buyer:" + t["channel"] + ":"
             parts.append(t.filter(usable(t[column])).select(node=_node(name, t), key=prefix + value,
                                                             ts=t[RECORD_TS[name]].cast("int64")))
     m, d = tables["memberships"], tables["membership_devices"]
-    md5 = d["value_md5"].strip().lower()
+    md5 = trim(d["value_md5"]).lower()
     code = d["id_type"].cases(*keyspace.TYPE_CODES.items())
     dev = d.filter(usable(d["value_md5"]), md5.re_search(HEX32), code.notnull())
     dev = dev.select(record_id=dev["record_id"], key="dev:" + code + ":" + md5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import redis
 
-from . import engine, ingest
+from . import engine, ingest, validate
 from .config import CdpConfig
 from .export import export
 from .identity import Guardrails
@@ -51,6 +52,7 @@ class Stages:
         self.seconds: dict[str, float] = {}
         self._progress = progress or (lambda _msg: None)
         self._t = time.perf_counter()
+        self.ingest: dict = {}
 
     def done(self, stage: str, detail: str = "") -> None:
         now = time.perf_counter()
@@ -63,11 +65,16 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     """(con, stages, profiles, index, resolution, as_of): everything up to, not including, the export."""
     stages = Stages(progress)
     as_of = world_as_of(cfg.input, cfg.as_of)
+    work = cfg.work_dir or Path(tempfile.mkdtemp(prefix="rta-cdp-work-"))
+    checked = validate.validate(cfg.input, work, cfg.phone_salt, tables=CDP_TABLES)
+    counts = "; ".join(f"{t} {c['in']:,} in = {c['out']:,} out + {c['rejected']:,} rejected"
+                       for t, c in checked["tables"].items())
+    stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']})")
     con = engine.connect(cfg.engine, **cfg.engine_options)
-    tables = ingest.read_parquet(con, cfg.input)
-    stages.done("ingest", f"{cfg.engine}: {', '.join(tables)} from {cfg.input}")
+    tables = ingest.read_parquet(con, work)
     profiles, index, res = profile_tables(tables, as_of, built_ts, Guardrails(cfg.max_cluster_size))
     stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds")
+    stages.ingest = checked
     return con, stages, profiles, index, res, as_of
 
 
@@ -95,6 +102,7 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
         "members": int(profiles["is_member"].sum()),
         "profiles_with_devices": int((profiles["device_count"] > 0).sum()),
         "segments": segments,
+        "ingest": stages.ingest,
         "stage_seconds": stages.seconds,
         "export": exported,
     }
@@ -111,7 +119,7 @@ def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date 
 def report(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Identity accuracy against the world's truth files (when present), segment sizes; no export."""
     con, stages, profiles, _index, res, as_of = build(cfg, progress)
-    out = {"as_of": as_of.isoformat(), "engine": cfg.engine}
+    out = {"as_of": as_of.isoformat(), "engine": cfg.engine, "ingest": stages.ingest}
     if (Path(cfg.input) / "truth_memberships.parquet").exists():
         out["identity"] = identity_accuracy(con, cfg.input, res)
     out["segments"] = segment_sizes(profiles)
