@@ -206,3 +206,23 @@ def resolve_frames(tables: dict[str, pd.DataFrame], con=None,
     out = res.records.to_pandas(), res.identifiers.to_pandas()
     res.release()
     return out
+
+
+def changes(previous: ir.Table, current: ir.Table) -> dict[str, int]:
+    """How OneIDs moved between two runs' [key, one_id] maps (keys present in both runs).
+
+    kept: previous OneIDs still in use; merged: current OneIDs that took the keys of 2+ previous ones;
+    split: previous OneIDs whose keys now belong to 2+ current ones.
+    """
+    prev = previous.select("key", old="one_id")
+    both = prev.join(current.select("key", new="one_id"), "key").select("old", "new").distinct()
+    fan_in = both.group_by("new").agg(n=ibis._.old.nunique())
+    fan_out = both.group_by("old").agg(n=ibis._.new.nunique())
+    kept = both.filter(both.old == both.new).select("old").distinct()
+
+    def count(t: ir.Table) -> int:
+        return int(t.count().to_pyarrow().as_py())
+
+    return {"kept": count(kept), "merged": count(fan_in.filter(fan_in.n > 1)),
+            "split": count(fan_out.filter(fan_out.n > 1)),
+            "new": count(current.select("one_id").distinct()) - count(kept)}

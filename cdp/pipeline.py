@@ -18,7 +18,7 @@ import redis
 from . import engine, ingest, validate
 from .config import CdpConfig
 from .export import export
-from .identity import Guardrails
+from .identity import Guardrails, changes
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, segment_sizes
@@ -53,6 +53,7 @@ class Stages:
         self._progress = progress or (lambda _msg: None)
         self._t = time.perf_counter()
         self.ingest: dict = {}
+        self.oneid_changes: dict | None = None
 
     def done(self, stage: str, detail: str = "") -> None:
         now = time.perf_counter()
@@ -73,9 +74,27 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     con = engine.connect(cfg.engine, **cfg.engine_options)
     tables = ingest.read_parquet(con, work)
     profiles, index, res = profile_tables(tables, as_of, built_ts, Guardrails(cfg.max_cluster_size))
-    stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds")
+    moved = _compare_with_last_run(con, cfg.state_dir, res) if cfg.state_dir else None
+    stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds"
+                + (f"; OneIDs vs last run: {moved}" if moved else ""))
+    stages.oneid_changes = moved
     stages.ingest = checked
     return con, stages, profiles, index, res, as_of
+
+
+IDENTIFIERS_FILE = "identifiers.parquet"
+
+
+def _compare_with_last_run(con, state_dir: Path, res) -> dict | None:
+    """Merges and splits against the map saved by the last run in state_dir, then save this run's map."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / IDENTIFIERS_FILE
+    moved = changes(con.read_parquet(str(path)), res.identifiers) if path.exists() else None
+    tmp = state_dir / (IDENTIFIERS_FILE + ".tmp")
+    res.identifiers.to_parquet(tmp)
+    tmp.replace(path)  # read before this point: the comparison above has been computed already
+    return moved
 
 
 def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
@@ -103,6 +122,7 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
         "profiles_with_devices": int((profiles["device_count"] > 0).sum()),
         "segments": segments,
         "ingest": stages.ingest,
+        "oneid_changes": stages.oneid_changes,
         "stage_seconds": stages.seconds,
         "export": exported,
     }

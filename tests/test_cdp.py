@@ -286,3 +286,23 @@ def test_a_cluster_past_the_size_limit_fails_the_run():
     with pytest.raises(identity.ClusterTooLarge, match="5 records"):
         identity.resolve_frames(tables, guardrails=identity.Guardrails(max_cluster_size=4))
     assert len(set(identity.resolve_frames(tables, guardrails=identity.Guardrails(5))[0]["one_id"])) == 1
+
+
+def test_oneids_are_stable_and_merges_and_splits_are_counted():
+    def identifiers(accounts):
+        return ibis.memtable(identity.resolve_frames(world_tables(accounts=accounts))[1])
+
+    run1 = [account("a", days_ago=300, phone="P1"), account("b", "app", days_ago=200, phone="P2", member_id="M2"),
+            account("c", "app", days_ago=100, phone="P3", member_id="M3")]
+    run2 = run1 + [account("d", "tmall", days_ago=5, phone="P1", buyer="B1"),
+                   account("e", "jd", days_ago=4, phone="P2", buyer="J1")]  # new accounts of a and b: no change
+    assert identity.changes(identifiers(run1), identifiers(run2)) == {"kept": 3, "merged": 0, "split": 0, "new": 0}
+    run3 = run2 + [account("f", "miniprogram", days_ago=1, phone="P1", member_id="M2")]  # joins a and b
+    moved = identity.changes(identifiers(run2), identifiers(run3))
+    assert moved == {"kept": 2, "merged": 1, "split": 0, "new": 0}  # b's OneID goes; the earlier (a's) survives
+    assert one_ids(world_tables(accounts=run3))["b"] == one_ids(world_tables(accounts=run1))["a"]
+    run4 = [account("a", days_ago=300, phone="P1"), account("b", "app", days_ago=200, phone="P9", member_id="M2")]
+    run4_before = [account("a", days_ago=300, phone="P1"), account("b", "app", days_ago=200, phone="P1",
+                                                                   member_id="M2")]
+    assert identity.changes(identifiers(run4_before), identifiers(run4)) == {"kept": 1, "merged": 0, "split": 1,
+                                                                              "new": 1}
