@@ -26,6 +26,7 @@ class CdpConfig(BaseModel):
     phone_salt: str | None = None  # when set, raw phone numbers are salted and hashed; else such rows are rejected
     work_dir: Path | None = None  # validated tables and rejects.csv; default: a fresh temp directory
     state_dir: Path | None = None  # keeps the last run's identifier -> OneID map to report merges and splits
+    segments_file: Path | None = None  # YAML segments over tags (cdp/tags.py); sizes reported per run
     max_cluster_size: Annotated[int, Field(ge=2)] = 200  # records in one OneID; past it the run fails
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "rta"

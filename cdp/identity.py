@@ -164,6 +164,7 @@ class Resolution:
     identifiers: ir.Table  # [key, one_id]
     rounds: int
     sizes: ir.Table  # [one_id, size]: records per OneID
+    tags: ir.Table | None = None  # cdp.tags.tag_table, when asked for
 
     def release(self) -> None:
         for t in (self.records, self.identifiers):

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import ibis
 import pandas as pd
 import redis
 
@@ -22,6 +23,8 @@ from .identity import Guardrails, changes
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, segment_sizes
+from .tags import apply_segments, load_segments
+from .tags import segment_sizes as tag_segment_sizes
 
 META_FILE = "meta.json"  # written by simulate; carries the world's as_of
 
@@ -54,6 +57,7 @@ class Stages:
         self._t = time.perf_counter()
         self.ingest: dict = {}
         self.oneid_changes: dict | None = None
+        self.tags: dict = {}
 
     def done(self, stage: str, detail: str = "") -> None:
         now = time.perf_counter()
@@ -73,16 +77,27 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']})")
     con = engine.connect(cfg.engine, **cfg.engine_options)
     tables = ingest.read_parquet(con, work)
-    profiles, index, res = profile_tables(tables, as_of, built_ts, Guardrails(cfg.max_cluster_size))
+    profiles, index, res = profile_tables(tables, as_of, built_ts, Guardrails(cfg.max_cluster_size), tags=True)
     moved = _compare_with_last_run(con, cfg.state_dir, res) if cfg.state_dir else None
     stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds"
                 + (f"; OneIDs vs last run: {moved}" if moved else ""))
     stages.oneid_changes = moved
+    segments = load_segments(cfg.segments_file) if cfg.segments_file else {}
+    tagged = apply_segments(res.tags, segments)
+    tagged.to_parquet(work / "tags.parquet")
+    stages.tags = {"lifecycle": _distribution(tagged, "lifecycle"), "segments": tag_segment_sizes(tagged),
+                   "file": str(work / "tags.parquet")}
+    stages.done("tags", f"lifecycle {stages.tags['lifecycle']}; segments {stages.tags['segments']}")
     stages.ingest = checked
     return con, stages, profiles, index, res, as_of
 
 
 IDENTIFIERS_FILE = "identifiers.parquet"
+
+
+def _distribution(t, column: str) -> dict[str, int]:
+    rows = t.group_by(column).agg(n=ibis._.count()).to_pyarrow().to_pylist()
+    return {str(r[column]): int(r["n"]) for r in sorted(rows, key=lambda r: str(r[column]))}
 
 
 def _compare_with_last_run(con, state_dir: Path, res) -> dict | None:
@@ -123,6 +138,7 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
         "segments": segments,
         "ingest": stages.ingest,
         "oneid_changes": stages.oneid_changes,
+        "tags": stages.tags,
         "stage_seconds": stages.seconds,
         "export": exported,
     }
@@ -143,6 +159,7 @@ def report(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dic
     if (Path(cfg.input) / "truth_memberships.parquet").exists():
         out["identity"] = identity_accuracy(con, cfg.input, res)
     out["segments"] = segment_sizes(profiles)
+    out["tags"] = stages.tags
     stages.done("report")
     out["stage_seconds"] = stages.seconds
     return out

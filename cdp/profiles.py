@@ -110,14 +110,20 @@ def profile_table(t: dict[str, ir.Table], res: Resolution, index: ir.Table, cuto
 
 
 def profile_tables(tables: dict[str, ir.Table], as_of: dt.date, built_ts: int | None = None,
-                   guardrails: Guardrails = DEFAULT_GUARDRAILS) -> tuple[ir.Table, ir.Table, Resolution]:
-    """(profiles, device index [id_type, md5, one_id], resolution) as Ibis tables, from data before as_of."""
+                   guardrails: Guardrails = DEFAULT_GUARDRAILS,
+                   tags: bool = False) -> tuple[ir.Table, ir.Table, Resolution]:
+    """(profiles, device index [id_type, md5, one_id], resolution) as Ibis tables, from data before as_of;
+    with tags=True, resolution.tags holds cdp.tags.tag_table."""
     cutoff = cutoff_ts(as_of)
     t = {name: table.pipe(materialize) for name, table in before(tables, cutoff).items()}
     res = resolve(t, guardrails)
     index = device_index(res.identifiers).pipe(materialize)
     built = int(time.time()) if built_ts is None else built_ts
     profiles = profile_table(t, res, index, cutoff, built).pipe(materialize)
+    if tags:
+        from .tags import tag_table  # noqa: PLC0415 - tags imports this module
+
+        res.tags = tag_table(t, res, profiles, cutoff).pipe(materialize)
     for table in t.values():
         release(table)
     return profiles, index, res

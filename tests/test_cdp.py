@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import redis
 
-from cdp import engine, identity
+from cdp import engine, identity, ingest, tags
 from cdp.config import CdpConfig, load_config
 from cdp.export import export
 from cdp.pipeline import read_tables, run
-from cdp.profiles import build_profiles, cutoff_ts, to_messages
+from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
 from rta.v1 import decision_pb2 as pb
 from rta_service import cli, keyspace
 from rta_service.ids import hash_raw
@@ -306,3 +306,35 @@ def test_oneids_are_stable_and_merges_and_splits_are_counted():
                                                                    member_id="M2")]
     assert identity.changes(identifiers(run4_before), identifiers(run4)) == {"kept": 1, "merged": 0, "split": 1,
                                                                               "new": 1}
+
+
+# --- tags and segments ----------------------------------------------------------------------------------------
+
+def test_tags_and_yaml_segments_on_a_hand_built_person(tmp_path):
+    tables = world_tables(
+        accounts=[account("st", "store", days_ago=400, phone="P1"), account("tm", "tmall", days_ago=300, phone="P1"),
+                  account("lone", "jd", days_ago=50, member=False, buyer="J")],
+        orders=[("st", "store", 100, 1000), ("st", "store", 70, 2000), ("tm", "tmall", 65, 500)],
+        wecom=[friendship("w1", days_ago=90, phone="P1", external="wm-1"),
+               friendship("w2", days_ago=20, phone="P1", external="wm-2", removed_days_ago=5)])
+    tables["orders"]["store_id"] = ["s7", "s7", None]
+    tables["wecom"]["guide_id"] = ["g-old", "g-new"]
+    con = engine.connect()
+    _, _, res = profile_tables(ingest.register(con, tables), AS_OF, built_ts=1, tags=True)
+    segments_file = tmp_path / "segments.yaml"
+    segments_file.write_text("segments:\n  lapsing_repeat: [[lifecycle, in, ['2', '3+']], "
+                             "[days_since_last_order, between, [60, 180]]]\n  never_bought: [[lifecycle, '==', '0']]\n")
+    tagged = tags.apply_segments(res.tags, tags.load_segments(segments_file)).to_pandas().set_index("one_id")
+    ids = one_ids(tables)
+    person, lone = tagged.loc[ids["st"]], tagged.loc[ids["lone"]]
+    assert person["lifecycle"] == "3+" and person["days_since_last_order"] == 65
+    assert person["top_channel"] == "store" and person["top_category"] == "tops"
+    assert person["best_store_id"] == "s7" and person["guide_id"] == "g-old"  # g-new's friendship was removed
+    assert person["r_score"] >= 1 and person["segment_lapsing_repeat"] and not person["segment_never_bought"]
+    assert lone["lifecycle"] == "0" and pd.isna(lone["days_since_last_order"]) and lone["r_score"] == 0
+    assert lone["segment_never_bought"] and tags.segment_sizes(
+        tags.apply_segments(res.tags, tags.load_segments(segments_file))) == {"lapsing_repeat": 1, "never_bought": 1}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("segments:\n  x: [[lifecycle, like, '3+']]\n")
+    with pytest.raises(ValueError, match="segment x: bad condition"):
+        tags.load_segments(bad)

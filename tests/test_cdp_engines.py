@@ -36,19 +36,20 @@ def spark():
 
 
 def run_on(con, world) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
-    profiles, index, res = profile_tables(ingest.read_parquet(con, world), AS_OF, built_ts=BUILT_TS)
+    profiles, index, res = profile_tables(ingest.read_parquet(con, world), AS_OF, built_ts=BUILT_TS, tags=True)
     records = res.records.to_pandas().sort_values(["table", "record_id"], ignore_index=True)
-    return to_frame(profiles), index_frame(index), records, res.rounds
+    tagged = res.tags.to_pandas().sort_values("one_id", ignore_index=True)
+    return to_frame(profiles), index_frame(index), records, tagged, res.rounds
 
 
 def test_duckdb_and_spark_produce_the_same_profiles(world, spark):
     duck = run_on(engine.connect("duckdb"), world)
     sprk = run_on(spark, world)
-    names = ("profiles", "index", "records")
-    for name, a, b in zip(names, duck[:3], sprk[:3], strict=True):
+    names = ("profiles", "index", "records", "tags")
+    for name, a, b in zip(names, duck[:4], sprk[:4], strict=True):
         assert len(a) > 50, name
         pd.testing.assert_frame_equal(a, b, check_dtype=False, obj=name)
-    assert duck[3] == sprk[3]  # the same number of label-propagation rounds
+    assert duck[4] == sprk[4]  # the same number of label-propagation rounds
     profiles = duck[0]
     assert profiles["order_count"].sum() > 0 and profiles["wecom_friend"].any() and profiles["is_member"].any()
     assert profiles["one_id"].is_unique and len(profiles) < len(duck[2])  # records were merged into people
