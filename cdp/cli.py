@@ -32,6 +32,14 @@ def add_parser(sub) -> None:
     rep = cdp_sub.add_parser("report", help="OneID accuracy vs the world's truth, segment sizes")
     _common(rep)
     rep.set_defaults(func=_report)
+    bench = cdp_sub.add_parser("bench", help="the CDP at scale: time and memory per stage, Splink and redis-cli ratios")
+    bench.add_argument("--people", type=int, default=100_000)
+    bench.add_argument("--engine", choices=["duckdb", "pyspark"], default="duckdb")
+    bench.add_argument("--memory-limit", help="DuckDB memory_limit, e.g. 8GB (default: DuckDB's, 80%% of RAM)")
+    bench.add_argument("--workdir", type=Path, help="keep the world and outputs here (a world there is reused)")
+    bench.add_argument("--no-baselines", action="store_true", help="skip Splink and redis-cli --pipe")
+    bench.add_argument("--json", type=Path, help="also write the figures here")
+    bench.set_defaults(func=_bench)
 
 
 def _config(opts):
@@ -58,4 +66,16 @@ def _report(opts) -> int:
     from .pipeline import report  # noqa: PLC0415
 
     print(json.dumps(report(_config(opts), progress=_say), indent=2))
+    return 0
+
+
+def _bench(opts) -> int:
+    from .bench import run_bench  # noqa: PLC0415
+
+    result = run_bench(opts.people, opts.engine, workdir=opts.workdir, memory_limit=opts.memory_limit,
+                       baselines=not opts.no_baselines, say=_say)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if opts.json:
+        opts.json.write_text(text + "\n")
     return 0
