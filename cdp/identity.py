@@ -58,9 +58,16 @@ class ClusterTooLarge(RuntimeError):
     """A cluster grew past the configured size: almost always a junk identifier shared by strangers."""
 
 
+DEFAULT_CAPS = (("phone", 2), ("unionid", 2), ("member", 6), ("wecom", 8), ("buyer", 6), ("dev", 12))
+
+
 @dataclass(frozen=True)
 class Guardrails:
     max_cluster_size: int = 200  # records; a real person has a handful of accounts
+    # Most distinct values of an identifier kind one person may hold. Past it, the person's values of
+    # that kind are ranked (more records first, then the earliest, then the smallest) and the excess
+    # ones stop linking anyone; clustering then runs once more without them.
+    caps: tuple[tuple[str, int], ...] = DEFAULT_CAPS
 
     def check(self, sizes: ir.Table) -> None:
         biggest = sizes.order_by(ibis.desc("size")).limit(3).to_pyarrow().to_pylist()
@@ -148,6 +155,15 @@ def propagate(graph: ir.Table, max_rounds: int = MAX_ROUNDS) -> tuple[ir.Table, 
     raise RuntimeError(f"label propagation did not converge in {max_rounds} rounds")
 
 
+def over_cap(e: ir.Table, labels: ir.Table, caps: dict[str, int]) -> ir.Table:
+    """[key]: identifier values beyond their kind's cap within their cluster (see Guardrails.caps)."""
+    keys = e.join(labels, "node").mutate(kind=ibis._.key.re_extract(r"^([a-z]+):", 1))
+    stats = keys.group_by(["label", "kind", "key"]).agg(n=ibis._.count(), ts=ibis._.ts.min())
+    rank = ibis.row_number().over(group_by=["label", "kind"], order_by=[ibis.desc("n"), "ts", "key"])
+    cap = stats.kind.cases(*caps.items())
+    return stats.mutate(rank=rank, cap=cap).filter(lambda t: t.cap.notnull() & (t.rank >= t.cap)).select("key")
+
+
 def one_id(key: str) -> str:
     """The OneID of a cluster whose earliest identifier is `key` (same formula as one_id_expr)."""
     return hashlib.sha256((ONE_ID_PREFIX + key).encode()).hexdigest()[:24]
@@ -176,6 +192,16 @@ def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDR
     recs = records(tables)
     e = edges(tables).pipe(materialize)
     labels, rounds = propagate(e)
+    capped = over_cap(e, labels, dict(guardrails.caps)).pipe(materialize) if guardrails.caps else None
+    dropped = int(capped.count().to_pyarrow().as_py()) if capped is not None else 0
+    if dropped:
+        log.warning("%d identifier values exceed the per-person cap of their kind and no longer link", dropped)
+        kept = e.join(capped, "key", how="anti").pipe(materialize)
+        release(e)
+        release(labels)
+        e = kept
+        labels, more = propagate(e)
+        rounds += more
     # Each record's cluster: its label, or itself when it has no usable identifier.
     rec = recs.left_join(labels, "node")
     rec = rec.select("node", "table", "record_id", "ts", cluster=ibis.coalesce(rec.label, rec.node)).pipe(materialize)

@@ -77,7 +77,8 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']})")
     con = engine.connect(cfg.engine, **cfg.engine_options)
     tables = ingest.read_parquet(con, work)
-    profiles, index, res = profile_tables(tables, as_of, built_ts, Guardrails(cfg.max_cluster_size), tags=True)
+    guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()))
+    profiles, index, res = profile_tables(tables, as_of, built_ts, guardrails, tags=True)
     moved = _compare_with_last_run(con, cfg.state_dir, res) if cfg.state_dir else None
     stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds"
                 + (f"; OneIDs vs last run: {moved}" if moved else ""))

@@ -338,3 +338,23 @@ def test_tags_and_yaml_segments_on_a_hand_built_person(tmp_path):
     bad.write_text("segments:\n  x: [[lifecycle, like, '3+']]\n")
     with pytest.raises(ValueError, match="segment x: bad condition"):
         tags.load_segments(bad)
+
+
+def test_identifier_values_past_the_per_person_cap_stop_linking():
+    # A member id shared by three records joins three phones into one person. With a cap of 2 phones the
+    # phone held by fewest records stops linking; with a cap of 1, only the oldest of the two-record phones stays.
+    accounts = [account("a", days_ago=400, phone="P1", member_id="M"), account("a2", "app", days_ago=390, phone="P1"),
+                account("b", "app", days_ago=300, phone="P2", member_id="M"),
+                account("c", "tmall", days_ago=200, member=False, phone="P3", member_id="M"),
+                account("c2", "tmall", days_ago=100, member=False, phone="P3")]
+    tables = world_tables(accounts=accounts)
+    uncapped = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=()))[0]
+    assert uncapped["one_id"].nunique() == 1
+    records, identifiers = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("phone", 2),)))
+    ids = dict(zip(records["record_id"], records["one_id"], strict=True))
+    assert ids["a"] == ids["a2"] == ids["b"] == ids["c"] == ids["c2"]  # still one: P1 (2 records) and P3 (2) kept
+    assert "phone:p2" not in set(identifiers["key"])  # P2, held by one record, is the excess value
+    records, _ = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("phone", 1),)))
+    ids = dict(zip(records["record_id"], records["one_id"], strict=True))
+    assert ids["a"] == ids["a2"] == ids["b"] == ids["c"]  # member id M still joins them ...
+    assert ids["c2"] != ids["a"]  # ... but c2 was linked only through P3, now dropped (P1 is older)
