@@ -16,7 +16,6 @@ from rta_service.settings import SettingsError, format_errors
 
 from .identity import DEFAULT_CAPS
 
-
 IdentifierKind = Literal["phone", "unionid", "member", "wecom", "buyer", "dev"]
 
 
@@ -34,7 +33,8 @@ class CdpConfig(BaseModel):
     segments_file: Path | None = None  # YAML segments over tags (cdp/tags.py); sizes reported per run
     max_cluster_size: Annotated[int, Field(ge=2)] = 200  # records in one OneID; past it the run fails
     # most distinct values of an identifier kind one person may hold; the excess stop linking (docs/cdp.md)
-    identifier_caps: dict[IdentifierKind, Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: dict(DEFAULT_CAPS))
+    identifier_caps: dict[IdentifierKind, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: dict(DEFAULT_CAPS))
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "rta"
     grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # before deleting the old generation
