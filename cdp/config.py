@@ -28,7 +28,7 @@ class CdpConfig(BaseModel):
     # duckdb: memory_limit ("4GB"), temp_directory, threads; pyspark: master ("local[2]"), conf {...}
     engine_options: dict[str, Any] = Field(default_factory=dict)
     phone_salt: str | None = None  # when set, raw phone numbers are salted and hashed; else such rows are rejected
-    work_dir: Path | None = None  # validated tables and rejects.csv; default: a fresh temp directory
+    work_dir: Path | None = None  # validated tables, rejects.csv, tags.parquet; default: a temp dir removed at exit
     state_dir: Path | None = None  # keeps the last run's identifier -> OneID map to report merges and splits
     segments_file: Path | None = None  # YAML segments over tags (cdp/tags.py); sizes reported per run
     max_cluster_size: Annotated[int, Field(ge=2)] = 200  # records in one OneID; past it the run fails

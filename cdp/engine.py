@@ -11,6 +11,7 @@ Spark, and what each option means.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import shutil
 import tempfile
@@ -20,6 +21,13 @@ import ibis
 import ibis.expr.types as ir
 
 ENGINES = ("duckdb", "pyspark")
+
+
+def scratch_dir(prefix: str) -> str:
+    """A fresh temporary directory, removed when the process exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def connect(engine: str = "duckdb", **opts: Any) -> ibis.BaseBackend:
@@ -39,7 +47,7 @@ def connect(engine: str = "duckdb", **opts: Any) -> ibis.BaseBackend:
 
 
 def _duckdb(database: str = ":memory:", temp_directory: str | None = None, **settings: Any) -> ibis.BaseBackend:
-    temp_directory = temp_directory or tempfile.mkdtemp(prefix="rta-cdp-duckdb-")
+    temp_directory = temp_directory or scratch_dir("rta-cdp-duckdb-")
     config = {"temp_directory": str(temp_directory), "preserve_insertion_order": False}
     config.update({k: v for k, v in settings.items() if v is not None})
     return ibis.duckdb.connect(database, **config)
@@ -62,7 +70,7 @@ def spark_session(master: str = "local[2]", app_name: str = "rta-cdp", conf: dic
     from pyspark.sql import SparkSession  # noqa: PLC0415 - the spark extra
 
     builder = SparkSession.builder.master(master).appName(app_name)
-    settings = {**SPARK_DEFAULTS, "spark.sql.warehouse.dir": tempfile.mkdtemp(prefix="rta-cdp-spark-"),
+    settings = {**SPARK_DEFAULTS, "spark.sql.warehouse.dir": scratch_dir("rta-cdp-spark-"),
                 "spark.local.dir": tempfile.gettempdir(), **(conf or {})}
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +69,7 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     """(con, stages, profiles, index, resolution, as_of): everything up to, not including, the export."""
     stages = Stages(progress)
     as_of = world_as_of(cfg.input, cfg.as_of)
-    work = cfg.work_dir or Path(tempfile.mkdtemp(prefix="rta-cdp-work-"))
+    work = Path(cfg.work_dir or engine.scratch_dir("rta-cdp-work-"))
     checked = validate.validate(cfg.input, work, cfg.phone_salt, tables=CDP_TABLES)
     counts = "; ".join(f"{t} {c['in']:,} in = {c['out']:,} out + {c['rejected']:,} rejected"
                        for t, c in checked["tables"].items())
