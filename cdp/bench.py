@@ -174,8 +174,9 @@ def run_bench(people: int, engine_name: str = "duckdb", seed: int = 7, workdir: 
     with Stage("tags", stages, say):
         tag_table(t_in, res, profile_t, cutoff).to_parquet(workdir / "tags.parquet")
     stages["predictive_tags"] = "not built yet"
-    with EmbeddedRedis(extra_args=("--save", "", "--appendonly", "no")) as server, Stage("export", stages, say):
-        exported = export(redis.Redis.from_url(server.url, socket_timeout=120), profiles, index, ns="bench")
+    with EmbeddedRedis(extra_args=("--save", "", "--appendonly", "no")) as server:
+        with Stage("export", stages, say):
+            exported = export(redis.Redis.from_url(server.url, socket_timeout=120), profiles, index, ns="bench")
         keys_per_s = exported["keys_written"] / exported["write_seconds"]
         results["export"] = {**exported, "keys_per_s": round(keys_per_s)}
         say(f"[bench] export {exported['keys_written']:,} keys, {keys_per_s:,.0f} keys/s, "
