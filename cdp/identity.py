@@ -58,7 +58,8 @@ class ClusterTooLarge(RuntimeError):
     """A cluster grew past the configured size: almost always a junk identifier shared by strangers."""
 
 
-DEFAULT_CAPS = (("phone", 2), ("unionid", 2), ("member", 6), ("wecom", 8), ("buyer", 6), ("dev", 12))
+# "dev" caps each device ID type (IMEI, OAID, IDFA, ...) separately.
+DEFAULT_CAPS = (("phone", 2), ("unionid", 2), ("member", 6), ("wecom", 8), ("buyer", 6), ("dev", 6))
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,9 @@ def propagate(graph: ir.Table, max_rounds: int = MAX_ROUNDS) -> tuple[ir.Table, 
 
 def over_cap(e: ir.Table, labels: ir.Table, caps: dict[str, int]) -> ir.Table:
     """[key]: identifier values beyond their kind's cap within their cluster (see Guardrails.caps)."""
-    keys = e.join(labels, "node").mutate(kind=ibis._.key.re_extract(r"^([a-z]+):", 1))
+    caps = {**{k: v for k, v in caps.items() if k != "dev"},
+            **({f"dev:{code}": caps["dev"] for code in keyspace.CODE_TYPES} if "dev" in caps else {})}
+    keys = e.join(labels, "node").mutate(kind=ibis._.key.re_extract(r"^(dev:[a-z]|[a-z]+):", 1))
     stats = keys.group_by(["label", "kind", "key"]).agg(n=ibis._.count(), ts=ibis._.ts.min())
     rank = ibis.row_number().over(group_by=["label", "kind"], order_by=[ibis.desc("n"), "ts", "key"])
     cap = stats.kind.cases(*caps.items())

@@ -358,3 +358,12 @@ def test_identifier_values_past_the_per_person_cap_stop_linking():
     ids = dict(zip(records["record_id"], records["one_id"], strict=True))
     assert ids["a"] == ids["a2"] == ids["b"] == ids["c"]  # member id M still joins them ...
     assert ids["c2"] != ids["a"]  # ... but c2 was linked only through P3, now dropped (P1 is older)
+
+
+def test_the_device_cap_counts_each_id_type_separately():
+    oaids = [hash_raw(pb.OAID, f"9a7f6a1e-1111-2222-3333-44445555666{i}") for i in range(3)]
+    tables = world_tables(accounts=[account(f"a{i}", "app", days_ago=300 - i, phone="P1") for i in range(3)],
+                          devices=[[f"a{i}", pb.OAID, oaids[i]] for i in range(3)] + [["a0", pb.IMEI, IMEI]])
+    _, identifiers = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("dev", 2),)))
+    kept = {k for k in identifiers["key"] if k.startswith("dev:")}
+    assert kept == {f"dev:o:{oaids[0]}", f"dev:o:{oaids[1]}", f"dev:i:{IMEI}"}  # the latest OAID is the excess
