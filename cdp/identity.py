@@ -1,17 +1,27 @@
-"""OneID: deterministic identity resolution by union-find over shared identifiers.
+"""OneID: deterministic identity resolution by iterative label propagation, written once in Ibis.
 
 Every record (a channel account or a WeCom friendship) is a node; two records are one person when
 they share a usable identifier, directly or through a chain. Identifiers are namespaced by kind
 (`phone:`, `member:`, `unionid:`, `wecom:`, `buyer:{channel}:`, `dev:{code}:`) so equal strings of
 different kinds never link. Junk values (BLOCKED_VALUES, all-zero strings, malformed device MD5s)
-never link anyone. A cluster's OneID is a hash of its earliest identifier (ties: the smallest key),
-so it does not depend on input order and survives later records joining the cluster.
+never link anyone.
+
+Clustering is min-label propagation over the bipartite record-identifier graph: each round, every
+identifier takes the smallest label of its records, every record the smallest label of its
+identifiers, then labels jump to their label's label (pointer jumping, so long chains converge in
+log rounds). Each round is a few joins and group-bys materialised with `engine.materialize`: no recursive
+SQL, so it runs the same on DuckDB and Spark. A cluster's OneID is a hash of its earliest identifier
+(ties: the smallest key), so it does not depend on input order and survives later records joining.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+from dataclasses import dataclass
 
+import ibis
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -20,19 +30,55 @@ import pyarrow.compute as pc
 from rta_service import keyspace
 from rta_service.ids import BUILTIN_DOUBTFUL
 
+from . import engine, ingest
+from .engine import materialize, release
+
+log = logging.getLogger(__name__)
+
 BLOCKED_VALUES = frozenset({
     "", "0", "-1", "null", "none", "nan", "nil", "undefined", "unknown", "n/a", "na",
-    hashlib.md5(b"0").hexdigest(), hashlib.md5(b"null").hexdigest(),
+    hashlib.md5(b"").hexdigest(), hashlib.md5(b"0").hexdigest(), hashlib.md5(b"null").hexdigest(),
 } | BUILTIN_DOUBTFUL)
-_ZERO_LIKE = r"[0\-_.:\s]*"  # "0000", "00000000-0000-0000-0000-000000000000", ...
-_HEX32 = r"[0-9a-f]{32}"
+ZERO_LIKE = r"^[0\-_.:\s]*$"  # "0000", "00000000-0000-0000-0000-000000000000", ...
+HEX32 = r"^[0-9a-f]{32}$"
 # (table, column) -> identifier kind; buyer ids are only meaningful inside their channel.
 IDENTIFIER_COLUMNS = {
     "memberships": {"member_id": "member", "phone_hash": "phone", "unionid": "unionid", "buyer_id": "buyer"},
     "wecom": {"external_userid": "wecom", "unionid": "unionid", "phone_hash": "phone"},
 }
+RECORD_ID = {"memberships": "record_id", "wecom": "friendship_id"}
+RECORD_TS = {"memberships": "created_ts", "wecom": "added_ts"}
+NODE_PREFIX = {"memberships": "m:", "wecom": "w:"}
 _LOWER_KINDS = {"phone"}
-ONE_ID_PREFIX = b"rta-oneid-v1:"
+ONE_ID_PREFIX = "rta-oneid-v1:"
+MAX_ROUNDS = 64
+
+
+class ClusterTooLarge(RuntimeError):
+    """A cluster grew past the configured size: almost always a junk identifier shared by strangers."""
+
+
+# "dev" caps each device ID type (IMEI, OAID, IDFA, ...) separately.
+DEFAULT_CAPS = (("phone", 2), ("unionid", 2), ("member", 6), ("wecom", 8), ("buyer", 6), ("dev", 6))
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    max_cluster_size: int = 200  # records; a real person has a handful of accounts
+    # Most distinct values of an identifier kind one person may hold. Past it, the person's values of
+    # that kind are ranked (more records first, then the earliest, then the smallest) and the excess
+    # ones stop linking anyone; clustering then runs once more without them.
+    caps: tuple[tuple[str, int], ...] = DEFAULT_CAPS
+
+    def check(self, sizes: ir.Table) -> None:
+        biggest = sizes.order_by(ibis.desc("size")).limit(3).to_pyarrow().to_pylist()
+        if biggest and biggest[0]["size"] > self.max_cluster_size:
+            raise ClusterTooLarge(f"a cluster of {biggest[0]['size']} records exceeds max_cluster_size "
+                                  f"{self.max_cluster_size} (largest: {[b['size'] for b in biggest]}); "
+                                  "block the identifier value that joins them")
+
+
+DEFAULT_GUARDRAILS = Guardrails()
 
 
 def str_isin(values: pd.Series, allowed) -> np.ndarray:
@@ -42,84 +88,171 @@ def str_isin(values: pd.Series, allowed) -> np.ndarray:
     return pc.fill_null(pc.is_in(column, value_set=wanted), False).to_numpy(zero_copy_only=False)
 
 
-def usable(values: pd.Series) -> np.ndarray:
-    """True where a (stripped, lower-cased) value may link records."""
-    text = values.astype("str").str.strip().str.lower()
-    junk = values.isna() | text.isin(BLOCKED_VALUES) | text.str.fullmatch(_ZERO_LIKE)
-    return ~junk.to_numpy(dtype=bool)
+def trim(value: ir.StringValue) -> ir.StringValue:
+    """Leading and trailing whitespace removed. Not Ibis's strip(): on Spark it also strips the letters
+    f, n, r, t and v (ibis 12 passes the escapes '\\f\\n...' to Spark's TRIM as literal characters)."""
+    return value.re_replace(r"^\s+|\s+$", "")
 
 
-def records_and_edges(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(records[table, record_id, ts], edges[node, ts, key]); node indexes records."""
-    members, wecom = tables["memberships"], tables["wecom"]
-    records = pd.concat([
-        pd.DataFrame({"table": "memberships", "record_id": members["record_id"], "ts": members["created_ts"]}),
-        pd.DataFrame({"table": "wecom", "record_id": wecom["friendship_id"], "ts": wecom["added_ts"]}),
-    ], ignore_index=True)
-    node_of = {"memberships": np.arange(len(members)), "wecom": len(members) + np.arange(len(wecom))}
-    edges = []
-    for table, columns in IDENTIFIER_COLUMNS.items():
-        frame = tables[table]
+def usable(value: ir.StringValue) -> ir.BooleanValue:
+    """True where a value may link records: present, not a blocked value, not all zeros."""
+    text = trim(value).lower()
+    return value.notnull() & text.notin(sorted(BLOCKED_VALUES)) & ~text.re_search(ZERO_LIKE)
+
+
+def _node(table: str, t: ir.Table) -> ir.StringValue:
+    return ibis.literal(NODE_PREFIX[table]) + t[RECORD_ID[table]]
+
+
+def records(tables: dict[str, ir.Table]) -> ir.Table:
+    """[node, table, record_id, ts]: every record that takes part in resolution."""
+    parts = [t.select(node=_node(name, t), table=ibis.literal(name), record_id=t[RECORD_ID[name]],
+                      ts=t[RECORD_TS[name]].cast("int64"))
+             for name, t in ((n, tables[n]) for n in RECORD_ID)]
+    return parts[0].union(parts[1])
+
+
+def edges(tables: dict[str, ir.Table]) -> ir.Table:
+    """[node, key, ts]: one row per usable (record, identifier) pair."""
+    parts = []
+    for name, columns in IDENTIFIER_COLUMNS.items():
+        t = tables[name]
         for column, kind in columns.items():
-            values = frame[column]
-            ok = usable(values)
-            text = values[ok].astype("str").str.strip()
-            if kind in _LOWER_KINDS:
-                text = text.str.lower()
-            prefix = f"{kind}:" if kind != "buyer" else "buyer:" + frame.loc[ok, "channel"].astype("str") + ":"
-            edges.append(pd.DataFrame({"node": node_of[table][ok], "key": prefix + text}))
-    devices = tables["membership_devices"]
-    md5 = devices["value_md5"].astype("str").str.strip().str.lower()
-    ok = usable(devices["value_md5"]) & md5.str.fullmatch(_HEX32).to_numpy(dtype=bool)
-    ok &= devices["id_type"].isin(list(keyspace.TYPE_CODES)).to_numpy()
-    node = pd.Series(node_of["memberships"], index=members["record_id"].to_numpy())
-    node = node.reindex(devices.loc[ok, "record_id"].to_numpy())
-    codes = devices.loc[ok, "id_type"].map(keyspace.TYPE_CODES)
-    dev = pd.DataFrame({"node": node.to_numpy(), "key": ("dev:" + codes + ":" + md5[ok]).to_numpy()}).dropna()
-    edges.append(dev.astype({"node": np.int64}))
-    edges = pd.concat(edges, ignore_index=True)
-    edges["ts"] = records["ts"].to_numpy()[edges["node"].to_numpy()]
-    return records, edges
+            value = trim(t[column])
+            value = value.lower() if kind in _LOWER_KINDS else value
+            prefix = ibis.literal(f"{kind}:") if kind != "buyer" else "buyer:" + t["channel"] + ":"
+            parts.append(t.filter(usable(t[column])).select(node=_node(name, t), key=prefix + value,
+                                                            ts=t[RECORD_TS[name]].cast("int64")))
+    m, d = tables["memberships"], tables["membership_devices"]
+    md5 = trim(d["value_md5"]).lower()
+    code = d["id_type"].cases(*keyspace.TYPE_CODES.items())
+    dev = d.filter(usable(d["value_md5"]), md5.re_search(HEX32), code.notnull())
+    dev = dev.select(record_id=dev["record_id"], key="dev:" + code + ":" + md5)
+    dev = dev.join(m.select("record_id", ts=m["created_ts"].cast("int64")), "record_id")
+    parts.append(dev.select(node=_node("memberships", dev), key=dev["key"], ts=dev["ts"]))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.union(part, distinct=False)
+    return out.distinct()
 
 
-def connected_labels(n_nodes: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Union-find, vectorised: hook each edge's roots to the smaller one, compress paths, repeat.
+def propagate(graph: ir.Table, max_rounds: int = MAX_ROUNDS) -> tuple[ir.Table, int]:
+    """([node, label], rounds): label = the smallest node of each connected component of `graph`
+    (a [node, key] bipartite edge list). Only nodes with at least one edge appear."""
+    pairs = graph.select("node", "key").pipe(materialize)
+    labels = pairs.select("node").distinct().mutate(label=ibis._.node).pipe(materialize)
+    for rounds in range(1, max_rounds + 1):
+        by_key = pairs.join(labels, "node").group_by("key").agg(label=ibis._.label.min())
+        hop = pairs.join(by_key, "key").group_by("node").agg(label=ibis._.label.min())
+        parent = hop.select(label_node="node", parent=ibis._.label)
+        jumped = hop.join(parent, hop.label == parent.label_node)
+        new = jumped.select("node", label=ibis.least(jumped.label, jumped.parent)).pipe(materialize)
+        changed = new.join(labels, "node").filter(lambda t: t.label != t.label_right).count().to_pyarrow().as_py()
+        release(labels)
+        labels = new
+        if changed == 0:
+            release(pairs)
+            return labels, rounds
+    raise RuntimeError(f"label propagation did not converge in {max_rounds} rounds")
 
-    Returns, per node, the smallest node of its connected component.
-    """
-    parent = np.arange(n_nodes)
-    while True:
-        pu, pv = parent[u], parent[v]
-        if np.array_equal(pu, pv):
-            return parent
-        low = np.minimum(pu, pv)
-        np.minimum.at(parent, pu, low)
-        np.minimum.at(parent, pv, low)
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
+
+def over_cap(e: ir.Table, labels: ir.Table, caps: dict[str, int]) -> ir.Table:
+    """[key]: identifier values beyond their kind's cap within their cluster (see Guardrails.caps)."""
+    caps = {**{k: v for k, v in caps.items() if k != "dev"},
+            **({f"dev:{code}": caps["dev"] for code in keyspace.CODE_TYPES} if "dev" in caps else {})}
+    keys = e.join(labels, "node").mutate(kind=ibis._.key.re_extract(r"^(dev:[a-z]|[a-z]+):", 1))
+    stats = keys.group_by(["label", "kind", "key"]).agg(n=ibis._.count(), ts=ibis._.ts.min())
+    rank = ibis.row_number().over(group_by=["label", "kind"], order_by=[ibis.desc("n"), "ts", "key"])
+    cap = stats.kind.cases(*caps.items())
+    return stats.mutate(rank=rank, cap=cap).filter(lambda t: t.cap.notnull() & (t.rank >= t.cap)).select("key")
 
 
 def one_id(key: str) -> str:
-    return hashlib.sha256(ONE_ID_PREFIX + key.encode()).hexdigest()[:24]
+    """The OneID of a cluster whose earliest identifier is `key` (same formula as one_id_expr)."""
+    return hashlib.sha256((ONE_ID_PREFIX + key).encode()).hexdigest()[:24]
 
 
-def resolve(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(records[table, record_id, one_id], identifiers[key, one_id]) for the given tables."""
-    records, edges = records_and_edges(tables)
-    key_codes, keys = pd.factorize(edges["key"])
-    n_records = len(records)
-    labels = connected_labels(n_records + len(keys), edges["node"].to_numpy(), n_records + key_codes)
-    edges["cluster"] = labels[edges["node"].to_numpy()]
-    records["cluster"] = labels[:n_records]
-    lonely = ~records["cluster"].isin(edges["cluster"])
-    extra = records.loc[lonely, ["cluster", "ts"]].assign(key="record:" + records["table"] + ":" + records["record_id"])
-    first = pd.concat([edges[["cluster", "ts", "key"]], extra], ignore_index=True)
-    first = first.sort_values(["cluster", "ts", "key"]).drop_duplicates("cluster")
-    oid = pd.Series([one_id(k) for k in first["key"]], index=first["cluster"].to_numpy())
-    records["one_id"] = oid.reindex(records["cluster"].to_numpy()).to_numpy()
-    identifiers = edges.drop_duplicates("key")[["key", "cluster"]]
-    identifiers = identifiers.assign(one_id=oid.reindex(identifiers["cluster"].to_numpy()).to_numpy())
-    return records[["table", "record_id", "one_id"]], identifiers[["key", "one_id"]].reset_index(drop=True)
+def one_id_expr(key: ir.StringValue) -> ir.StringValue:
+    return (ibis.literal(ONE_ID_PREFIX) + key).hexdigest("sha256").substr(0, 24)
+
+
+@dataclass
+class Resolution:
+    """The result of resolve(): Ibis tables on the backend the inputs live on."""
+    records: ir.Table  # [table, record_id, one_id]
+    identifiers: ir.Table  # [key, one_id]
+    rounds: int
+    sizes: ir.Table  # [one_id, size]: records per OneID
+    tags: ir.Table | None = None  # cdp.tags.tag_table, when asked for
+
+    def release(self) -> None:
+        for t in (self.records, self.identifiers):
+            release(t)
+
+
+def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDRAILS) -> Resolution:
+    """Cluster the records of `tables` (Ibis tables of memberships, membership_devices, wecom)."""
+    recs = records(tables)
+    e = edges(tables).pipe(materialize)
+    labels, rounds = propagate(e)
+    capped = over_cap(e, labels, dict(guardrails.caps)).pipe(materialize) if guardrails.caps else None
+    dropped = int(capped.count().to_pyarrow().as_py()) if capped is not None else 0
+    if dropped:
+        log.warning("%d identifier values exceed the per-person cap of their kind and no longer link", dropped)
+        kept = e.join(capped, "key", how="anti").pipe(materialize)
+        release(e)
+        release(labels)
+        e = kept
+        labels, more = propagate(e)
+        rounds += more
+    # Each record's cluster: its label, or itself when it has no usable identifier.
+    rec = recs.left_join(labels, "node")
+    rec = rec.select("node", "table", "record_id", "ts", cluster=ibis.coalesce(rec.label, rec.node)).pipe(materialize)
+    # The earliest identifier names the cluster; a lonely record is named after itself.
+    named = e.join(labels, "node").select("key", "ts", cluster="label")
+    lonely = rec.view().filter(ibis._.cluster == ibis._.node)
+    lonely = lonely.select(key="record:" + lonely.table + ":" + lonely.record_id, ts="ts", cluster="cluster")
+    firsts = named.union(lonely, distinct=False)
+    rank = ibis.row_number().over(group_by="cluster", order_by=["ts", "key"])
+    firsts = firsts.mutate(rank=rank).filter(ibis._.rank == 0)
+    names = firsts.select("cluster", one_id=one_id_expr(firsts.key)).pipe(materialize)
+    ids = e.join(labels, "node").select("key", cluster="label").distinct()
+    ids = ids.join(names, "cluster").select("key", "one_id").pipe(materialize)
+    clustered = rec
+    rec = rec.join(names, "cluster").select("table", "record_id", "one_id").pipe(materialize)
+    for done in (clustered, names, labels, e):
+        release(done)
+    sizes = rec.group_by("one_id").agg(size=ibis._.count())
+    guardrails.check(sizes)
+    return Resolution(rec, ids, rounds, sizes)
+
+
+def resolve_frames(tables: dict[str, pd.DataFrame], con=None,
+                   guardrails: Guardrails = DEFAULT_GUARDRAILS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """resolve() for in-memory frames: (records[table, record_id, one_id], identifiers[key, one_id])."""
+    con = con or engine.connect()
+    needed = {name: tables[name] for name in ("memberships", "membership_devices", "wecom")}
+    res = resolve(ingest.register(con, needed), guardrails)
+    out = res.records.to_pandas(), res.identifiers.to_pandas()
+    res.release()
+    return out
+
+
+def changes(previous: ir.Table, current: ir.Table) -> dict[str, int]:
+    """How OneIDs moved between two runs' [key, one_id] maps (keys present in both runs).
+
+    kept: previous OneIDs still in use; merged: current OneIDs that took the keys of 2+ previous ones;
+    split: previous OneIDs whose keys now belong to 2+ current ones.
+    """
+    prev = previous.select("key", old="one_id")
+    both = prev.join(current.select("key", new="one_id"), "key").select("old", "new").distinct()
+    fan_in = both.group_by("new").agg(n=ibis._.old.nunique())
+    fan_out = both.group_by("old").agg(n=ibis._.new.nunique())
+    kept = both.filter(both.old == both.new).select("old").distinct()
+
+    def count(t: ir.Table) -> int:
+        return int(t.count().to_pyarrow().as_py())
+
+    return {"kept": count(kept), "merged": count(fan_in.filter(fan_in.n > 1)),
+            "split": count(fan_out.filter(fan_out.n > 1)),
+            "new": count(current.select("one_id").distinct()) - count(kept)}

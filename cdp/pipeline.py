@@ -1,19 +1,30 @@
-"""`rta cdp`: read the private-domain tables, build profiles as of a date, publish them to Redis."""
+"""`rta cdp`: read the private-domain tables, resolve OneIDs, build profiles as of a date, publish them to Redis.
+
+Stages (each printed with its wall time when `progress` is given): ingest -> oneid -> profiles -> export.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import ibis
 import pandas as pd
 import redis
 
+from . import engine, ingest, validate
+from .config import CdpConfig
 from .export import export
-from .profiles import build_profiles, cutoff_ts
+from .identity import Guardrails, changes
+from .ingest import CDP_TABLES
+from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
+from .report import identity_accuracy, segment_sizes
+from .tags import apply_segments, load_segments
+from .tags import segment_sizes as tag_segment_sizes
 
-CDP_TABLES = ("memberships", "membership_devices", "orders", "wecom")
 META_FILE = "meta.json"  # written by simulate; carries the world's as_of
 
 
@@ -36,27 +47,119 @@ def world_as_of(input_dir: Path, as_of: dt.date | None = None) -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date | None = None,
-        grace_s: float = 0.0) -> dict:
-    """Build profiles from input_dir as of `as_of` and export them as a new generation; returns a summary."""
-    started = time.perf_counter()
-    as_of = world_as_of(input_dir, as_of)
-    tables = read_tables(input_dir)
-    profiles, index = build_profiles(tables, as_of)
-    built = time.perf_counter()
-    client = redis.Redis.from_url(redis_url, socket_timeout=60, socket_connect_timeout=10)
+class Stages:
+    """Wall time per stage, reported through `progress` as each one ends."""
+
+    def __init__(self, progress: Callable[[str], None] | None = None):
+        self.seconds: dict[str, float] = {}
+        self._progress = progress or (lambda _msg: None)
+        self._t = time.perf_counter()
+        self.ingest: dict = {}
+        self.oneid_changes: dict | None = None
+        self.tags: dict = {}
+
+    def done(self, stage: str, detail: str = "") -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._t, 3)
+        self._t = now
+        self._progress(f"[cdp] {stage:<9} {self.seconds[stage]:7.2f}s  {detail}".rstrip())
+
+
+def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_ts: int | None = None):
+    """(con, stages, profiles, index, resolution, as_of): everything up to, not including, the export."""
+    stages = Stages(progress)
+    as_of = world_as_of(cfg.input, cfg.as_of)
+    work = Path(cfg.work_dir or engine.scratch_dir("rta-cdp-work-"))
+    checked = validate.validate(cfg.input, work, cfg.phone_salt, tables=CDP_TABLES)
+    counts = "; ".join(f"{t} {c['in']:,} in = {c['out']:,} out + {c['rejected']:,} rejected"
+                       for t, c in checked["tables"].items())
+    stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']})")
+    con = engine.connect(cfg.engine, **cfg.engine_options)
+    tables = ingest.read_parquet(con, work)
+    guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()))
+    profiles, index, res = profile_tables(tables, as_of, built_ts, guardrails, tags=True)
+    moved = _compare_with_last_run(con, cfg.state_dir, res) if cfg.state_dir else None
+    stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds"
+                + (f"; OneIDs vs last run: {moved}" if moved else ""))
+    stages.oneid_changes = moved
+    segments = load_segments(cfg.segments_file) if cfg.segments_file else {}
+    tagged = apply_segments(res.tags, segments)
+    tagged.to_parquet(work / "tags.parquet")
+    stages.tags = {"lifecycle": _distribution(tagged, "lifecycle"), "segments": tag_segment_sizes(tagged),
+                   "file": str(work / "tags.parquet")}
+    stages.done("tags", f"lifecycle {stages.tags['lifecycle']}; segments {stages.tags['segments']}")
+    stages.ingest = checked
+    return con, stages, profiles, index, res, as_of
+
+
+IDENTIFIERS_FILE = "identifiers.parquet"
+
+
+def _distribution(t, column: str) -> dict[str, int]:
+    rows = t.group_by(column).agg(n=ibis._.count()).to_pyarrow().to_pylist()
+    return {str(r[column]): int(r["n"]) for r in sorted(rows, key=lambda r: str(r[column]))}
+
+
+def _compare_with_last_run(con, state_dir: Path, res) -> dict | None:
+    """Merges and splits against the map saved by the last run in state_dir, then save this run's map."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / IDENTIFIERS_FILE
+    moved = changes(con.read_parquet(str(path)), res.identifiers) if path.exists() else None
+    tmp = state_dir / (IDENTIFIERS_FILE + ".tmp")
+    res.identifiers.to_parquet(tmp)
+    tmp.replace(path)  # read before this point: the comparison above has been computed already
+    return moved
+
+
+def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Build profiles as configured and export them as a new generation; returns a summary."""
+    con, stages, profile_t, index_t, res, as_of = build(cfg, progress)
+    profiles, index = to_frame(profile_t), index_frame(index_t)
+    n_records = res.records.count().to_pyarrow().as_py()
+    segments = segment_sizes(profile_t)
+    stages.done("collect", f"{len(profiles):,} profiles, {len(index):,} device IDs")
+    client = redis.Redis.from_url(cfg.redis_url, socket_timeout=60, socket_connect_timeout=10)
     try:
-        exported = export(client, profiles, index, ns=namespace, grace_s=grace_s)
+        exported = export(client, profiles, index, ns=cfg.namespace, grace_s=cfg.grace_s)
     finally:
         client.close()
+    stages.done("export", f"generation {exported['generation']}, {exported['keys_written']:,} keys")
     return {
         "as_of": as_of.isoformat(),
         "cutoff_ts": cutoff_ts(as_of),
-        "namespace": namespace,
-        "records": len(tables["memberships"]) + len(tables["wecom"]),
+        "namespace": cfg.namespace,
+        "engine": cfg.engine,
+        "records": n_records,
+        "oneid_rounds": res.rounds,
         "profiles": len(profiles),
         "members": int(profiles["is_member"].sum()),
         "profiles_with_devices": int((profiles["device_count"] > 0).sum()),
-        "build_seconds": round(built - started, 3),
+        "segments": segments,
+        "ingest": stages.ingest,
+        "oneid_changes": stages.oneid_changes,
+        "tags": stages.tags,
+        "stage_seconds": stages.seconds,
         "export": exported,
     }
+
+
+def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date | None = None,
+        grace_s: float = 0.0, engine_name: str = "duckdb", progress: Callable[[str], None] | None = None) -> dict:
+    """run_config with the common settings as arguments (the demo's entry point)."""
+    cfg = CdpConfig(input=input_dir, redis_url=redis_url, namespace=namespace, as_of=as_of, grace_s=grace_s,
+                    engine=engine_name)
+    return run_config(cfg, progress)
+
+
+def report(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Identity accuracy against the world's truth files (when present), segment sizes; no export."""
+    con, stages, profiles, _index, res, as_of = build(cfg, progress)
+    out = {"as_of": as_of.isoformat(), "engine": cfg.engine, "ingest": stages.ingest}
+    if (Path(cfg.input) / "truth_memberships.parquet").exists():
+        out["identity"] = identity_accuracy(con, cfg.input, res)
+    out["segments"] = segment_sizes(profiles)
+    out["tags"] = stages.tags
+    stages.done("report")
+    out["stage_seconds"] = stages.seconds
+    return out

@@ -3,6 +3,9 @@
 Only data before as_of 00:00 UTC+8 is used (records created, orders placed, friendships added
 before it; a friendship removed at or after it still counts), so a profile built "as of" a day is
 what the CDP could have known that day. Only hashed identifiers appear in the output.
+
+The logic is Ibis expressions (`profile_tables`) that run on whichever engine holds the inputs;
+`build_profiles` is the in-memory convenience for pandas frames (tests, the training job).
 """
 
 from __future__ import annotations
@@ -10,20 +13,25 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import ibis
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
 from rta.v1 import profile_pb2
 from rta_service import keyspace
 
-from .identity import resolve, str_isin
+from . import engine, ingest
+from .engine import materialize, release
+from .identity import DEFAULT_GUARDRAILS, Guardrails, Resolution, resolve
 
 TZ = dt.timezone(dt.timedelta(hours=8))
 DAY = 86400
 SEGMENTS = ("member", "buyer", "lapsed_90_180", "wecom_friend", "vip")
-VIP_QUANTILE = 0.9  # "vip" = buyers whose total spend is in the top decile
+VIP_QUANTILE = 0.9  # "vip" = buyers whose total spend is at or above the 90th percentile (linear interpolation)
 COLUMNS = ("one_id", "is_member", "segments", "order_count", "last_order_ts", "first_seen_ts", "monetary_fen",
            "wecom_friend", "channel_count", "device_count", "updated_ts")
+FLAGS = tuple(f"seg_{name}" for name in SEGMENTS)
 
 
 def cutoff_ts(as_of: dt.date) -> int:
@@ -31,76 +39,125 @@ def cutoff_ts(as_of: dt.date) -> int:
     return int(dt.datetime.combine(as_of, dt.time(0), TZ).timestamp())
 
 
-def _before(tables: dict[str, pd.DataFrame], cutoff: int) -> dict[str, pd.DataFrame]:
-    members = tables["memberships"]
-    members = members[members["created_ts"] < cutoff]
-    orders, devices, wecom = tables["orders"], tables["membership_devices"], tables["wecom"]
+def before(tables: dict[str, ir.Table], cutoff: int) -> dict[str, ir.Table]:
+    """The inputs as known at `cutoff`: records created, orders placed and friendships added before it."""
+    members = tables["memberships"].filter(ibis._.created_ts < cutoff)
+    ids = members.select("record_id")
     return {
         "memberships": members,
-        "membership_devices": devices[str_isin(devices["record_id"], members["record_id"])],
-        "orders": orders[(orders["ts"].to_numpy() < cutoff) & str_isin(orders["record_id"], members["record_id"])],
-        "wecom": wecom[wecom["added_ts"] < cutoff],
+        "membership_devices": tables["membership_devices"].join(ids, "record_id", how="semi"),
+        "orders": tables["orders"].filter(ibis._.ts < cutoff).join(ids, "record_id", how="semi"),
+        "wecom": tables["wecom"].filter(ibis._.added_ts < cutoff),
     }
 
 
-def device_index(identifiers: pd.DataFrame) -> pd.DataFrame:
-    """[id_type, md5, one_id] for every usable device identifier."""
-    dev = identifiers[identifiers["key"].str.startswith("dev:")]  # dev:{one-letter code}:{md5}
-    return pd.DataFrame({
-        "id_type": dev["key"].str[4].map(keyspace.CODE_TYPES).to_numpy(dtype=np.int8),
-        "md5": dev["key"].str[6:].to_numpy(dtype=object),
-        "one_id": dev["one_id"].to_numpy(),
-    }).sort_values(["one_id", "id_type", "md5"], ignore_index=True)
+def device_index(identifiers: ir.Table) -> ir.Table:
+    """[id_type, md5, one_id] for every usable device identifier (keys `dev:{code}:{md5}`)."""
+    dev = identifiers.filter(identifiers.key.startswith("dev:"))
+    id_type = dev.key.substr(4, 1).cases(*((c, t) for c, t in keyspace.CODE_TYPES.items()))
+    return dev.select(id_type=id_type.cast("int8"), md5=dev.key.substr(6), one_id="one_id")
 
 
-def build_profiles(tables: dict[str, pd.DataFrame], as_of: dt.date,
-                   built_ts: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(profiles with COLUMNS, device index [id_type, md5, one_id]) from the data before as_of."""
+def profile_table(t: dict[str, ir.Table], res: Resolution, index: ir.Table, cutoff: int, built_ts: int) -> ir.Table:
+    """One row per OneID: the COLUMNS except `segments`, plus a boolean column per FLAGS."""
+    recs = res.records
+    m_one = recs.filter(recs.table == "memberships").select("record_id", "one_id")
+    w_one = recs.filter(recs.table == "wecom").select(friendship_id="record_id", one_id="one_id")
+    m = t["memberships"].join(m_one, "record_id").pipe(materialize)
+    w = t["wecom"].join(w_one, "friendship_id").pipe(materialize)
+    o = t["orders"].join(m_one, "record_id").pipe(materialize)
+    base = recs.select("one_id").distinct()
+    member = m.group_by("one_id").agg(is_member=m.is_member.any())
+    orders = o.group_by("one_id").agg(order_count=o.count(), last_order_ts=o.ts.max(),
+                                      monetary_fen=o.amount_fen.sum())
+    seen = (m.select("one_id", ts=m.created_ts.cast("int64"))
+            .union(w.select("one_id", ts=w.added_ts.cast("int64")), distinct=False)
+            .union(o.select("one_id", ts=o.ts.cast("int64")), distinct=False))
+    seen = seen.group_by("one_id").agg(first_seen_ts=ibis._.ts.min())
+    removed = w.removed_ts.fill_null(0)
+    friend = w.group_by("one_id").agg(wecom_friend=((removed == 0) | (removed >= cutoff)).any())
+    channels = (m.select("one_id", "channel")
+                .union(w.select("one_id", channel=ibis.literal("wecom")), distinct=False)
+                .group_by("one_id").agg(channel_count=ibis._.channel.nunique()))
+    devices = index.group_by("one_id").agg(device_count=ibis._.count())
+    p = base
+    for part in (member, orders, seen, friend, channels, devices):
+        p = p.left_join(part, "one_id")
+    p = p.select(
+        "one_id",
+        is_member=p.is_member.fill_null(False),
+        order_count=p.order_count.fill_null(0).cast("int64"),
+        last_order_ts=p.last_order_ts.fill_null(0).cast("int64"),
+        first_seen_ts=p.first_seen_ts.cast("int64"),
+        monetary_fen=p.monetary_fen.fill_null(0).cast("int64"),
+        wecom_friend=p.wecom_friend.fill_null(False),
+        channel_count=p.channel_count.fill_null(0).cast("int64"),
+        device_count=p.device_count.fill_null(0).cast("int64"),
+        updated_ts=ibis.literal(built_ts, type="int64"),
+    ).pipe(materialize)
+    for done in (m, w, o):
+        release(done)
+    buyer = p.order_count > 0
+    days = (cutoff - p.last_order_ts) / DAY
+    vip_floor = p.filter(buyer).monetary_fen.quantile(VIP_QUANTILE).as_scalar()
+    return p.mutate(
+        seg_member=p.is_member,
+        seg_buyer=buyer,
+        seg_lapsed_90_180=buyer & (days >= 90) & (days < 180),
+        seg_wecom_friend=p.wecom_friend,
+        seg_vip=buyer & (p.monetary_fen >= vip_floor).fill_null(False),
+    )
+
+
+def profile_tables(tables: dict[str, ir.Table], as_of: dt.date, built_ts: int | None = None,
+                   guardrails: Guardrails = DEFAULT_GUARDRAILS,
+                   tags: bool = False) -> tuple[ir.Table, ir.Table, Resolution]:
+    """(profiles, device index [id_type, md5, one_id], resolution) as Ibis tables, from data before as_of;
+    with tags=True, resolution.tags holds cdp.tags.tag_table."""
     cutoff = cutoff_ts(as_of)
-    t = _before(tables, cutoff)
-    records, identifiers = resolve(t)
-    owner = pd.Series(records["one_id"].to_numpy(), index=records["table"] + "/" + records["record_id"])
-    m, w, o = t["memberships"], t["wecom"], t["orders"]
-    m_one = owner.reindex(("memberships/" + m["record_id"]).to_numpy()).to_numpy()
-    w_one = owner.reindex(("wecom/" + w["friendship_id"]).to_numpy()).to_numpy()
-    o_one = pd.Series(m_one, index=m["record_id"].to_numpy()).reindex(o["record_id"].to_numpy()).to_numpy()
-    index = device_index(identifiers)
+    t = {name: table.pipe(materialize) for name, table in before(tables, cutoff).items()}
+    res = resolve(t, guardrails)
+    index = device_index(res.identifiers).pipe(materialize)
+    built = int(time.time()) if built_ts is None else built_ts
+    profiles = profile_table(t, res, index, cutoff, built).pipe(materialize)
+    if tags:
+        from .tags import tag_table  # noqa: PLC0415 - tags imports this module
 
-    p = pd.DataFrame(index=pd.Index(np.sort(records["one_id"].unique()), name="one_id"))
-    p["is_member"] = pd.Series(m["is_member"].to_numpy(), index=m_one).groupby(level=0).any()
-    p["is_member"] = p["is_member"].fillna(False).astype(bool)
-    orders = pd.DataFrame({"one_id": o_one, "ts": o["ts"].to_numpy(), "fen": o["amount_fen"].to_numpy()})
-    agg = orders.groupby("one_id").agg(order_count=("ts", "size"), last_order_ts=("ts", "max"),
-                                       monetary_fen=("fen", "sum"))
-    p = p.join(agg).fillna({"order_count": 0, "last_order_ts": 0, "monetary_fen": 0})
-    seen = pd.concat([pd.Series(m["created_ts"].to_numpy(), index=m_one),
-                      pd.Series(w["added_ts"].to_numpy(), index=w_one),
-                      pd.Series(orders["ts"].to_numpy(), index=o_one)])
-    p["first_seen_ts"] = seen.groupby(level=0).min()
-    removed = w["removed_ts"].fillna(0).to_numpy()
-    active = pd.Series((removed == 0) | (removed >= cutoff), index=w_one)
-    p["wecom_friend"] = active.groupby(level=0).any().reindex(p.index, fill_value=False).astype(bool)
-    wecom_channel = np.full(len(w), "wecom", dtype=object)
-    channels = pd.DataFrame({"one_id": np.r_[m_one, w_one],
-                             "channel": np.r_[m["channel"].to_numpy(dtype=object), wecom_channel]})
-    p["channel_count"] = channels.drop_duplicates().groupby("one_id").size()
-    p["device_count"] = index.groupby("one_id").size().reindex(p.index, fill_value=0)
-    p["updated_ts"] = int(time.time()) if built_ts is None else built_ts
-    p = p.astype({c: np.int64 for c in ("order_count", "last_order_ts", "monetary_fen", "first_seen_ts",
-                                         "channel_count", "device_count")})
-    p["segments"] = _segments(p, cutoff)
-    return p.reset_index()[list(COLUMNS)], index
+        res.tags = tag_table(t, res, profiles, cutoff).pipe(materialize)
+    for table in t.values():
+        release(table)
+    return profiles, index, res
 
 
-def _segments(p: pd.DataFrame, cutoff: int) -> list[tuple[str, ...]]:
-    buyer = p["order_count"].to_numpy() > 0
-    days = (cutoff - p["last_order_ts"].to_numpy()) / DAY
-    monetary = p["monetary_fen"].to_numpy()
-    vip_floor = np.quantile(monetary[buyer], VIP_QUANTILE) if buyer.any() else np.inf
-    flags = np.column_stack([p["is_member"].to_numpy(), buyer, buyer & (days >= 90) & (days < 180),
-                             p["wecom_friend"].to_numpy(), buyer & (monetary >= vip_floor)])
+def segments_of(frame: pd.DataFrame) -> list[tuple[str, ...]]:
+    """The `segments` tuple of each row of a frame with FLAGS columns, in SEGMENTS order."""
+    flags = frame[list(FLAGS)].to_numpy(dtype=bool)
     names = np.array(SEGMENTS, dtype=object)
     return [tuple(names[row]) for row in flags]
+
+
+def to_frame(profiles: ir.Table) -> pd.DataFrame:
+    """Profiles with COLUMNS (segments as tuples), sorted by one_id."""
+    p = profiles.to_pandas().sort_values("one_id", ignore_index=True)
+    p["segments"] = segments_of(p)
+    return p[list(COLUMNS)]
+
+
+def index_frame(index: ir.Table) -> pd.DataFrame:
+    i = index.to_pandas().astype({"id_type": np.int8})
+    return i.sort_values(["one_id", "id_type", "md5"], ignore_index=True)
+
+
+def build_profiles(tables: dict[str, pd.DataFrame], as_of: dt.date, built_ts: int | None = None,
+                   con: ibis.BaseBackend | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(profiles with COLUMNS, device index [id_type, md5, one_id]) from in-memory frames, on `con`
+    (default: a fresh in-process DuckDB)."""
+    con = con or engine.connect()
+    needed = {name: tables[name] for name in ingest.CDP_TABLES}
+    profiles, index, res = profile_tables(ingest.register(con, needed), as_of, built_ts)
+    out = to_frame(profiles), index_frame(index)
+    res.release()
+    return out
 
 
 def to_message(row) -> profile_pb2.Profile:

@@ -50,14 +50,6 @@ def _simulate(opts) -> int:
     return 0
 
 
-def _cdp(opts) -> int:
-    from cdp.pipeline import run
-
-    print(json.dumps(run(opts.input, opts.redis_url, opts.namespace, as_of=opts.as_of, grace_s=opts.grace_s),
-                     indent=2))
-    return 0
-
-
 def _train(opts) -> int:
     if opts.log:
         return _retrain(opts)
@@ -73,8 +65,8 @@ def _retrain(opts) -> int:
     """Train on the exported decision log and the conversions (training/retrain.py)."""
     import time
 
+    from cdp.engine import connect
     from training import conversions, examples, retrain
-    from training.engine import connect
 
     if not opts.conversions:
         raise ValueError("--log needs --conversions (a Parquet file of conversion events)")
@@ -157,6 +149,8 @@ def _model(opts) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cdp import cli as cdp_cli  # stdlib-only module; the CDP itself is imported when a cdp command runs
+
     parser = argparse.ArgumentParser(prog="rta", description="RTA decision system")
     sub = parser.add_subparsers(dest="command", required=True)
     date = dt.date.fromisoformat
@@ -178,13 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traffic", type=int, help="ad exposures to simulate (default: 5 per person)")
     p.set_defaults(func=_simulate)
 
-    p = sub.add_parser("cdp", help="build one profile per person and export them to Redis")
-    p.add_argument("--input", type=Path, required=True, help="directory of input Parquet tables")
-    p.add_argument("--redis-url", default=os.environ.get("RTA_REDIS_URL", DEFAULT_REDIS))
-    p.add_argument("--namespace", default=os.environ.get("RTA_REDIS_NAMESPACE", "rta"))
-    p.add_argument("--as-of", type=date)
-    p.add_argument("--grace-s", type=float, default=5.0, help="wait before deleting the old generation")
-    p.set_defaults(func=_cdp)
+    cdp_cli.add_parser(sub)  # rta cdp [run|report]: cdp/cli.py
 
     p = sub.add_parser("train", help="train LightGBM, export ONNX with a parity check")
     p.add_argument("--input", type=Path, help="a simulated world directory (required unless --log)")

@@ -170,6 +170,7 @@ def _await_version(target: str, version: str, timeout: float = 15.0) -> bool:
 
 def run_loop(days: int, people: int = 20000, seed: int = 7, traffic: int | None = None,
              requests_per_day: int | None = None, workdir: Path | None = None, say=print) -> list[DayResult]:
+    from cdp.engine import connect
     from cdp.pipeline import run as run_cdp
     from loadtest.server_process import ServerProcess
     from rta_service import registry
@@ -177,7 +178,6 @@ def run_loop(days: int, people: int = 20000, seed: int = 7, traffic: int | None 
     from simulate.world import simulate
     from training import examples, log_export, retrain
     from training.conversions import validate
-    from training.engine import connect
     from training.train import ParityError, train
 
     if not 1 <= days <= 7:

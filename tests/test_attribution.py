@@ -8,11 +8,11 @@ import ibis
 import pandas as pd
 import pytest
 
+from cdp.engine import connect
 from rta.v1 import decision_pb2 as pb
 from rta_service.features import N_FEATURES
 from training import conversions as conv
 from training.attribution import DEVICE, ONE_ID, TRACE, attribute
-from training.engine import connect
 from training.examples import LeakError, build, check_point_in_time, profile_asof
 
 H = 3600.0

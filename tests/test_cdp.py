@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import re
+from pathlib import Path
 
+import ibis
 import numpy as np
 import pandas as pd
 import pytest
 import redis
 
-from cdp import identity
+from cdp import engine, identity, ingest, tags
+from cdp.config import CdpConfig, load_config
 from cdp.export import export
 from cdp.pipeline import read_tables, run
-from cdp.profiles import build_profiles, cutoff_ts, to_messages
+from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
 from rta.v1 import decision_pb2 as pb
-from rta_service import keyspace
+from rta_service import cli, keyspace
 from rta_service.ids import hash_raw
+from rta_service.settings import SettingsError
 from simulate.world import simulate
 
 AS_OF = dt.date(2025, 6, 1)
@@ -55,7 +60,7 @@ def world_tables(accounts=(), devices=(), orders=(), wecom=()) -> dict[str, pd.D
 
 
 def one_ids(tables) -> dict[str, str]:
-    records, _ = identity.resolve(tables)
+    records, _ = identity.resolve_frames(tables)
     return dict(zip(records["record_id"], records["one_id"], strict=True))
 
 
@@ -70,7 +75,7 @@ def small_world(tmp_path_factory):
 
 def test_resolution_matches_ground_truth(small_world):
     tables = read_tables(small_world)
-    records, identifiers = identity.resolve(tables)
+    records, identifiers = identity.resolve_frames(tables)
     wecom_truth = pd.read_parquet(small_world / "truth_wecom.parquet").rename(columns={"friendship_id": "record_id"})
     truth = pd.concat([pd.read_parquet(small_world / "truth_memberships.parquet"), wecom_truth])
     joined = records.merge(truth, on="record_id", validate="one_to_one")
@@ -142,9 +147,15 @@ def test_one_id_is_a_hash_of_the_earliest_identifier_and_stable():
     assert re.fullmatch(r"[0-9a-f]{24}", ids["old"])
 
 
-def test_union_find_handles_chains_and_isolated_nodes():
-    labels = identity.connected_labels(7, np.array([5, 4, 3, 1]), np.array([4, 3, 2, 0]))
-    assert labels.tolist() == [0, 0, 2, 2, 2, 2, 6]
+def test_label_propagation_handles_long_chains_and_separate_components():
+    chain = [(f"n{i:02d}", f"k{i}") for i in range(20)] + [(f"n{i + 1:02d}", f"k{i}") for i in range(19)]
+    pair = [("x1", "shared"), ("x2", "shared"), ("x2", "own")]
+    con = engine.connect()
+    graph = con.create_view("g", ibis.memtable(pd.DataFrame(chain + pair, columns=["node", "key"])))
+    labels, rounds = identity.propagate(graph)
+    got = dict(zip(*labels.to_pandas()[["node", "label"]].T.to_numpy(), strict=True))
+    assert got == {**{f"n{i:02d}": "n00" for i in range(20)}, "x1": "x1", "x2": "x1"}
+    assert rounds <= 8  # pointer jumping: a chain of 20 does not take 20 rounds
 
 
 # --- profiles ---------------------------------------------------------------------------------------------
@@ -238,3 +249,121 @@ def test_generation_switch_is_one_set_then_old_keys_go(redis_url):
     assert client.get("other:1:o:" + OAID) == b"x"
     record = keyspace.decode_profile(client.get(keyspace.device_key("rta", 2, pb.OAID, OAID)))
     assert record.order_count == 1 and record.last_order_ts == CUTOFF - 10 * DAY
+
+
+# --- configuration and CLI ----------------------------------------------------------------------------------
+
+def test_every_cdp_setting_is_documented_and_bad_ones_are_all_reported(tmp_path):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cdp.md").read_text()
+    table = doc.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = {name for row in re.findall(r"^\| (`[^|]+) \|", table, flags=re.M)
+                  for name in re.findall(r"`([a-z_]+)`", row)}
+    assert documented == set(CdpConfig.model_fields)
+    bad = tmp_path / "cdp.yaml"
+    bad.write_text("input: /x\nengine: spark\nmax_cluster_size: 1\nbogus: 3\n")
+    with pytest.raises(SettingsError) as err:
+        load_config(bad)
+    for field in ("engine", "max_cluster_size", "bogus"):
+        assert field in str(err.value)
+
+
+def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
+    config = tmp_path / "cdp.yaml"
+    config.write_text(f"input: {small_world}\nredis_url: {redis_url}\nnamespace: cli\ngrace_s: 0\n")
+    assert cli.main(["cdp", "run", "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["export"]["generation"] == 1 and summary["segments"]["profiles"] == summary["profiles"]
+    assert "[cdp] ingest" in err and "[cdp] export" in err
+    assert cli.main(["cdp", "report", "--input", str(small_world)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["identity"]["pairwise_precision"] >= 0.999 and report["identity"]["true_persons"] == 3000
+    assert report["identity"]["one_ids"] == summary["profiles"]
+
+
+def test_a_cluster_past_the_size_limit_fails_the_run():
+    tables = world_tables(accounts=[account(f"a{i}", phone="SHARED") for i in range(5)])
+    with pytest.raises(identity.ClusterTooLarge, match="5 records"):
+        identity.resolve_frames(tables, guardrails=identity.Guardrails(max_cluster_size=4))
+    assert len(set(identity.resolve_frames(tables, guardrails=identity.Guardrails(5))[0]["one_id"])) == 1
+
+
+def test_oneids_are_stable_and_merges_and_splits_are_counted():
+    def identifiers(accounts):
+        return ibis.memtable(identity.resolve_frames(world_tables(accounts=accounts))[1])
+
+    run1 = [account("a", days_ago=300, phone="P1"), account("b", "app", days_ago=200, phone="P2", member_id="M2"),
+            account("c", "app", days_ago=100, phone="P3", member_id="M3")]
+    run2 = run1 + [account("d", "tmall", days_ago=5, phone="P1", buyer="B1"),
+                   account("e", "jd", days_ago=4, phone="P2", buyer="J1")]  # new accounts of a and b: no change
+    assert identity.changes(identifiers(run1), identifiers(run2)) == {"kept": 3, "merged": 0, "split": 0, "new": 0}
+    run3 = run2 + [account("f", "miniprogram", days_ago=1, phone="P1", member_id="M2")]  # joins a and b
+    moved = identity.changes(identifiers(run2), identifiers(run3))
+    assert moved == {"kept": 2, "merged": 1, "split": 0, "new": 0}  # b's OneID goes; the earlier (a's) survives
+    assert one_ids(world_tables(accounts=run3))["b"] == one_ids(world_tables(accounts=run1))["a"]
+    run4 = [account("a", days_ago=300, phone="P1"), account("b", "app", days_ago=200, phone="P9", member_id="M2")]
+    run4_before = [account("a", days_ago=300, phone="P1"), account("b", "app", days_ago=200, phone="P1",
+                                                                   member_id="M2")]
+    assert identity.changes(identifiers(run4_before), identifiers(run4)) == {"kept": 1, "merged": 0, "split": 1,
+                                                                              "new": 1}
+
+
+# --- tags and segments ----------------------------------------------------------------------------------------
+
+def test_tags_and_yaml_segments_on_a_hand_built_person(tmp_path):
+    tables = world_tables(
+        accounts=[account("st", "store", days_ago=400, phone="P1"), account("tm", "tmall", days_ago=300, phone="P1"),
+                  account("lone", "jd", days_ago=50, member=False, buyer="J")],
+        orders=[("st", "store", 100, 1000), ("st", "store", 70, 2000), ("tm", "tmall", 65, 500)],
+        wecom=[friendship("w1", days_ago=90, phone="P1", external="wm-1"),
+               friendship("w2", days_ago=20, phone="P1", external="wm-2", removed_days_ago=5)])
+    tables["orders"]["store_id"] = ["s7", "s7", None]
+    tables["wecom"]["guide_id"] = ["g-old", "g-new"]
+    con = engine.connect()
+    _, _, res = profile_tables(ingest.register(con, tables), AS_OF, built_ts=1, tags=True)
+    segments_file = tmp_path / "segments.yaml"
+    segments_file.write_text("segments:\n  lapsing_repeat: [[lifecycle, in, ['2', '3+']], "
+                             "[days_since_last_order, between, [60, 180]]]\n  never_bought: [[lifecycle, '==', '0']]\n")
+    tagged = tags.apply_segments(res.tags, tags.load_segments(segments_file)).to_pandas().set_index("one_id")
+    ids = one_ids(tables)
+    person, lone = tagged.loc[ids["st"]], tagged.loc[ids["lone"]]
+    assert person["lifecycle"] == "3+" and person["days_since_last_order"] == 65
+    assert person["top_channel"] == "store" and person["top_category"] == "tops"
+    assert person["best_store_id"] == "s7" and person["guide_id"] == "g-old"  # g-new's friendship was removed
+    assert person["r_score"] >= 1 and person["segment_lapsing_repeat"] and not person["segment_never_bought"]
+    assert lone["lifecycle"] == "0" and pd.isna(lone["days_since_last_order"]) and lone["r_score"] == 0
+    assert lone["segment_never_bought"] and tags.segment_sizes(
+        tags.apply_segments(res.tags, tags.load_segments(segments_file))) == {"lapsing_repeat": 1, "never_bought": 1}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("segments:\n  x: [[lifecycle, like, '3+']]\n")
+    with pytest.raises(ValueError, match="segment x: bad condition"):
+        tags.load_segments(bad)
+
+
+def test_identifier_values_past_the_per_person_cap_stop_linking():
+    # A member id shared by three records joins three phones into one person. With a cap of 2 phones the
+    # phone held by fewest records stops linking; with a cap of 1, only the oldest of the two-record phones stays.
+    accounts = [account("a", days_ago=400, phone="P1", member_id="M"), account("a2", "app", days_ago=390, phone="P1"),
+                account("b", "app", days_ago=300, phone="P2", member_id="M"),
+                account("c", "tmall", days_ago=200, member=False, phone="P3", member_id="M"),
+                account("c2", "tmall", days_ago=100, member=False, phone="P3")]
+    tables = world_tables(accounts=accounts)
+    uncapped = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=()))[0]
+    assert uncapped["one_id"].nunique() == 1
+    records, identifiers = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("phone", 2),)))
+    ids = dict(zip(records["record_id"], records["one_id"], strict=True))
+    assert ids["a"] == ids["a2"] == ids["b"] == ids["c"] == ids["c2"]  # still one: P1 (2 records) and P3 (2) kept
+    assert "phone:p2" not in set(identifiers["key"])  # P2, held by one record, is the excess value
+    records, _ = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("phone", 1),)))
+    ids = dict(zip(records["record_id"], records["one_id"], strict=True))
+    assert ids["a"] == ids["a2"] == ids["b"] == ids["c"]  # member id M still joins them ...
+    assert ids["c2"] != ids["a"]  # ... but c2 was linked only through P3, now dropped (P1 is older)
+
+
+def test_the_device_cap_counts_each_id_type_separately():
+    oaids = [hash_raw(pb.OAID, f"9a7f6a1e-1111-2222-3333-44445555666{i}") for i in range(3)]
+    tables = world_tables(accounts=[account(f"a{i}", "app", days_ago=300 - i, phone="P1") for i in range(3)],
+                          devices=[[f"a{i}", pb.OAID, oaids[i]] for i in range(3)] + [["a0", pb.IMEI, IMEI]])
+    _, identifiers = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("dev", 2),)))
+    kept = {k for k in identifiers["key"] if k.startswith("dev:")}
+    assert kept == {f"dev:o:{oaids[0]}", f"dev:o:{oaids[1]}", f"dev:i:{IMEI}"}  # the latest OAID is the excess

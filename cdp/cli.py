@@ -1,0 +1,81 @@
+"""`rta cdp run|report` (and the older `rta cdp --input DIR`): argument parsing only; imports lazily."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, legacy: bool = False) -> None:
+    p.add_argument("--config", type=Path, help="YAML CdpConfig file (docs/cdp.md); flags override it")
+    p.add_argument("--input", type=Path, help="directory of input Parquet tables")
+    p.add_argument("--engine", choices=["duckdb", "pyspark"])
+    p.add_argument("--as-of", type=dt.date.fromisoformat)
+    if legacy or p.prog.endswith("run"):
+        p.add_argument("--redis-url", default=os.environ.get("RTA_REDIS_URL"))
+        p.add_argument("--namespace", default=os.environ.get("RTA_REDIS_NAMESPACE"))
+        p.add_argument("--grace-s", type=float, help="wait before deleting the old generation (default 5)")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("cdp", help="OneID, profiles and segments from the private-domain tables, out to Redis")
+    _common(p, legacy=True)
+    p.set_defaults(func=_run)
+    cdp_sub = p.add_subparsers(dest="cdp_command")
+    run = cdp_sub.add_parser("run", help="build profiles and export them as a new Redis generation")
+    _common(run)
+    run.set_defaults(func=_run)
+    rep = cdp_sub.add_parser("report", help="OneID accuracy vs the world's truth, segment sizes")
+    _common(rep)
+    rep.set_defaults(func=_report)
+    bench = cdp_sub.add_parser("bench", help="the CDP at scale: time and memory per stage, Splink and redis-cli ratios")
+    bench.add_argument("--people", type=int, default=100_000)
+    bench.add_argument("--engine", choices=["duckdb", "pyspark"], default="duckdb")
+    bench.add_argument("--memory-limit", help="DuckDB memory_limit, e.g. 8GB (default: DuckDB's, 80%% of RAM)")
+    bench.add_argument("--workdir", type=Path, help="keep the world and outputs here (a world there is reused)")
+    bench.add_argument("--no-baselines", action="store_true", help="skip Splink and redis-cli --pipe")
+    bench.add_argument("--json", type=Path, help="also write the figures here")
+    bench.set_defaults(func=_bench)
+
+
+def _config(opts):
+    from .config import load_config  # noqa: PLC0415
+
+    overrides = {k: getattr(opts, k, None) for k in ("input", "engine", "as_of", "redis_url", "namespace", "grace_s")}
+    if opts.config is None and overrides["input"] is None:
+        raise ValueError("give --config FILE or --input DIR")
+    return load_config(opts.config, **overrides)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _run(opts) -> int:
+    from .pipeline import run_config  # noqa: PLC0415
+
+    print(json.dumps(run_config(_config(opts), progress=_say), indent=2))
+    return 0
+
+
+def _report(opts) -> int:
+    from .pipeline import report  # noqa: PLC0415
+
+    print(json.dumps(report(_config(opts), progress=_say), indent=2))
+    return 0
+
+
+def _bench(opts) -> int:
+    from .bench import run_bench  # noqa: PLC0415
+
+    result = run_bench(opts.people, opts.engine, workdir=opts.workdir, memory_limit=opts.memory_limit,
+                       baselines=not opts.no_baselines, say=_say)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if opts.json:
+        opts.json.write_text(text + "\n")
+    return 0

@@ -1,0 +1,57 @@
+"""`rta cdp`'s one settings object: defaults < YAML file (`--config`) < command-line overrides.
+
+Validated once before any work; every invalid field is reported together (pydantic, extra="forbid").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rta_service.settings import SettingsError, format_errors
+
+from .identity import DEFAULT_CAPS
+
+IdentifierKind = Literal["phone", "unionid", "member", "wecom", "buyer", "dev"]
+
+
+class CdpConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: Path  # the directory of input tables (docs/specs/simulated-world.md)
+    as_of: dt.date | None = None  # default: the world's meta.json as_of, else today (UTC)
+    engine: Literal["duckdb", "pyspark"] = "duckdb"
+    # duckdb: memory_limit ("4GB"), temp_directory, threads; pyspark: master ("local[2]"), conf {...}
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+    phone_salt: str | None = None  # when set, raw phone numbers are salted and hashed; else such rows are rejected
+    work_dir: Path | None = None  # validated tables, rejects.csv, tags.parquet; default: a temp dir removed at exit
+    state_dir: Path | None = None  # keeps the last run's identifier -> OneID map to report merges and splits
+    segments_file: Path | None = None  # YAML segments over tags (cdp/tags.py); sizes reported per run
+    max_cluster_size: Annotated[int, Field(ge=2)] = 200  # records in one OneID; past it the run fails
+    # most distinct values of an identifier kind one person may hold; the excess stop linking (docs/cdp.md)
+    identifier_caps: dict[IdentifierKind, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: dict(DEFAULT_CAPS))
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "rta"
+    grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # before deleting the old generation
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> CdpConfig:
+    """Defaults < YAML file < overrides (None values ignored). Raises SettingsError listing every problem."""
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"{path}: {exc}") from exc
+        if not isinstance(values, dict):
+            raise SettingsError(f"{path}: expected a mapping of settings")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return CdpConfig(**values)
+    except ValidationError as exc:
+        raise SettingsError(format_errors(exc, path)) from None

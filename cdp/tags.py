@@ -1,0 +1,130 @@
+"""Tags per OneID, and segments declared in YAML over them. Ibis expressions: the same on every engine.
+
+Tags (one row per OneID, as of the cutoff):
+    lifecycle              "0", "1", "2" or "3+" orders
+    days_since_last_order  whole days; null for non-buyers
+    r_score, f_score, m_score  1..5 quintiles among buyers (5 = most recent / most orders / most spent),
+                           ties broken by one_id so every engine gives the same answer; 0 for non-buyers
+    top_category, top_channel  most frequent in the person's orders (ties: the smaller name)
+    top_hour, top_weekday  local (UTC+8) hour 0-23 and ISO weekday 1-7 most ordered in
+    wecom_friend, guide_id, wecom_store_id  the latest still-active friendship's guide and store
+    best_store_id          the store most ordered in (ties: the latest order), else the WeCom store
+
+Segments file (YAML): a mapping of segment name to a list of conditions that must all hold:
+    segments:
+      lapsing_repeat_buyers:
+        - [lifecycle, in, ["2", "3+"]]
+        - [days_since_last_order, between, [60, 180]]
+      wecom_vips: [[wecom_friend, "==", true], [m_score, ">=", 5]]
+Operators: ==, !=, <, <=, >, >=, in, not_in, between (inclusive), is_null, not_null.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ibis
+import ibis.expr.types as ir
+import yaml
+
+from .identity import Resolution
+from .profiles import DAY, TZ
+
+TZ_OFFSET_S = int(TZ.utcoffset(None).total_seconds())
+OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "between", "is_null", "not_null")
+
+
+def _top(t: ir.Table, column: str, name: str) -> ir.Table:
+    """[one_id, name]: the most frequent value of `column` per one_id (ties: the smallest value)."""
+    counts = t.filter(t[column].notnull()).group_by(["one_id", column]).agg(n=ibis._.count())
+    rank = ibis.row_number().over(group_by="one_id", order_by=[ibis.desc("n"), column])
+    return counts.mutate(r=rank).filter(ibis._.r == 0).select("one_id", **{name: column})
+
+
+def _quintile(t: ir.Table, column: str) -> ir.IntegerValue:
+    return (ibis.ntile(5).over(order_by=[t[column], t.one_id]) + 1).cast("int64")
+
+
+def tag_table(t: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutoff: int) -> ir.Table:
+    """One row per OneID of `profiles` with the tags above (t: the inputs as of the cutoff)."""
+    recs = res.records
+    m_one = recs.filter(recs.table == "memberships").select("record_id", "one_id")
+    w_one = recs.filter(recs.table == "wecom").select(friendship_id="record_id", one_id="one_id")
+    o = t["orders"].join(m_one, "record_id")
+    local = o.ts + TZ_OFFSET_S
+    o = o.mutate(hour=((local % DAY) // 3600).cast("int64"), weekday=(((local // DAY) + 3) % 7 + 1).cast("int64"))
+    w = t["wecom"].join(w_one, "friendship_id")
+    removed = w.removed_ts.fill_null(0)
+    active = w.filter((removed == 0) | (removed >= cutoff))
+    latest = ibis.row_number().over(group_by="one_id", order_by=[ibis.desc("added_ts"), "friendship_id"])
+    friend = active.mutate(r=latest).filter(ibis._.r == 0).select("one_id", "guide_id", wecom_store_id="store_id")
+    stores = o.filter(o.store_id.notnull()).group_by(["one_id", "store_id"]).agg(n=ibis._.count(), last=o.ts.max())
+    best = ibis.row_number().over(group_by="one_id", order_by=[ibis.desc("n"), ibis.desc("last"), "store_id"])
+    stores = stores.mutate(r=best).filter(ibis._.r == 0).select("one_id", order_store_id="store_id")
+
+    buyers = profiles.filter(profiles.order_count > 0)
+    rfm = buyers.select("one_id", r_score=_quintile(buyers, "last_order_ts"), f_score=_quintile(buyers, "order_count"),
+                        m_score=_quintile(buyers, "monetary_fen"))
+    p = profiles.select("one_id", "order_count", "last_order_ts", "monetary_fen", "wecom_friend", "is_member")
+    for part in (rfm, _top(o, "category", "top_category"), _top(o, "channel", "top_channel"),
+                 _top(o, "hour", "top_hour"), _top(o, "weekday", "top_weekday"), friend, stores):
+        p = p.left_join(part, "one_id")
+    count = p.order_count
+    return p.select(
+        "one_id", "is_member", "order_count", "monetary_fen", "wecom_friend",
+        lifecycle=ibis.cases((count == 0, "0"), (count == 1, "1"), (count == 2, "2"), else_="3+"),
+        days_since_last_order=ibis.cases((count > 0, (cutoff - p.last_order_ts) // DAY), else_=ibis.null("int64")),
+        r_score=p.r_score.fill_null(0), f_score=p.f_score.fill_null(0), m_score=p.m_score.fill_null(0),
+        top_category="top_category", top_channel="top_channel", top_hour="top_hour", top_weekday="top_weekday",
+        guide_id="guide_id", wecom_store_id="wecom_store_id",
+        best_store_id=ibis.coalesce(p.order_store_id, p.wecom_store_id),
+    )
+
+
+def load_segments(path: Path) -> dict[str, list]:
+    """{segment: [[tag, op, value], ...]} from a YAML file; raises ValueError naming the file and segment."""
+    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    segments = doc.get("segments") if isinstance(doc, dict) else None
+    if not isinstance(segments, dict) or not segments:
+        raise ValueError(f"{path}: expected a mapping under 'segments'")
+    for name, conditions in segments.items():
+        if not isinstance(conditions, list) or not conditions:
+            raise ValueError(f"{path}: segment {name}: expected a list of [tag, op, value] conditions")
+        for cond in conditions:
+            if not isinstance(cond, list) or len(cond) not in (2, 3) or cond[1] not in OPS:
+                raise ValueError(f"{path}: segment {name}: bad condition {cond!r} (ops: {', '.join(OPS)})")
+    return segments
+
+
+def _condition(tags: ir.Table, segment: str, cond: list) -> ir.BooleanValue:
+    tag, op, value = cond[0], cond[1], cond[2] if len(cond) == 3 else None
+    if tag not in tags.columns:
+        raise ValueError(f"segment {segment}: unknown tag {tag!r} (tags: {', '.join(tags.columns)})")
+    return _OPS[op](tags[tag], value)
+
+
+_OPS = {
+    "==": lambda c, v: c == v, "!=": lambda c, v: c != v, "<": lambda c, v: c < v, "<=": lambda c, v: c <= v,
+    ">": lambda c, v: c > v, ">=": lambda c, v: c >= v, "in": lambda c, v: c.isin(v),
+    "not_in": lambda c, v: c.notin(v), "between": lambda c, v: c.between(v[0], v[1]),
+    "is_null": lambda c, _v: c.isnull(), "not_null": lambda c, _v: c.notnull(),
+}
+
+
+def apply_segments(tags: ir.Table, segments: dict[str, list]) -> ir.Table:
+    """tags plus a boolean column `segment_{name}` per segment."""
+    columns = {}
+    for name, conditions in segments.items():
+        flag = ibis.literal(True)
+        for cond in conditions:
+            flag = flag & _condition(tags, name, cond)
+        columns[f"segment_{name}"] = flag.fill_null(False)
+    return tags.mutate(**columns)
+
+
+def segment_sizes(tagged: ir.Table) -> dict[str, int]:
+    flags = [c for c in tagged.columns if c.startswith("segment_")]
+    if not flags:
+        return {}
+    row = tagged.aggregate(**{c.removeprefix("segment_"): tagged[c].cast("int64").sum() for c in flags})
+    return {k: int(v or 0) for k, v in row.to_pyarrow().to_pylist()[0].items()}
