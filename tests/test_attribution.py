@@ -21,8 +21,9 @@ DEV_A, DEV_B = "a" * 32, "b" * 32
 
 def _decisions(rows) -> pd.DataFrame:
     out = []
-    for rid, ts, ids, one_id, decision in rows:
-        out.append({"request_id": rid, "ts": ts, "ids": [f"{pb.OAID}:{i}" for i in ids], "one_id": one_id,
+    for n, (rid, ts, ids, one_id, decision) in enumerate(rows):
+        out.append({"entry_id": f"{n + 1}-0", "entry_index": 0, "request_id": rid, "ts": ts,
+                    "ids": [f"{pb.OAID}:{i}" for i in ids], "one_id": one_id,
                     "decision": decision, "degraded": False, "features": [0.5] * N_FEATURES, "score": 0.1,
                     "model_version": "m", "holdout": False, "os": 1, "platform": 1})
     return pd.DataFrame(out)
@@ -78,6 +79,18 @@ def test_examples_are_labelled_by_attribution_and_only_when_the_window_is_over(c
     assert ex.shape[1] > N_FEATURES and math.isclose(ex["known"].iloc[0], 0.5)
 
 
+def test_a_repeated_request_id_credits_only_its_latest_touch(con):
+    """Platforms retry, and trace ids can repeat: each logged decision is its own touch (stream entry
+    and position), so a conversion labels one of them, never an earlier or later namesake."""
+    decisions = _decisions([("dup", 1 * H, [DEV_A], "p1", pb.BID), ("dup", 3 * H, [DEV_A], "p1", pb.BID),
+                            ("dup", 9 * H, [DEV_A], "p1", pb.BID)])
+    conversions = _conversions([("c1", 4 * H, "paid_order", "dup", DEV_A, "p1")])
+    got = con.execute(attribute(ibis.memtable(decisions), ibis.memtable(conversions), window_s=24 * H))
+    assert list(got["touch_id"]) == ["2-0:0"]
+    ex = build(ibis.memtable(decisions), ibis.memtable(conversions), observed_until=100 * H, window_s=24 * H)
+    assert list(zip(ex["ts"], ex["label"], strict=True)) == [(1 * H, 0), (3 * H, 1), (9 * H, 0)]
+
+
 def test_a_profile_from_after_the_decision_is_caught(con):
     """The as-of join takes the snapshot known at decision time; a join that takes the newest snapshot
     (a leak: the profile already shows the order the label counts) is refused by the check."""
@@ -107,13 +120,29 @@ def test_the_check_refuses_future_features_and_open_labels():
 
 def test_bad_conversions_name_the_row_and_field():
     good = CONVERSIONS.copy()
-    with pytest.raises(ValueError, match=r"row 2, field type"):
+    with pytest.raises(ValueError, match=r"row 3, field type"):
         conv.validate(good.assign(type=["paid_order", "paid_order", "refund", "paid_order", "paid_order",
                                         "paid_order"]))
-    with pytest.raises(ValueError, match=r"row 0, field md5"):
+    with pytest.raises(ValueError, match=r"row 1, field md5"):
         conv.validate(good.assign(md5=["XYZ"] + [""] * 5))
     with pytest.raises(ValueError, match=r"field ts: not a number"):
         conv.validate(good.assign(ts=["soon"] * 6))
+    for field, values, want in [("id_type", [99] * 6, "IdType"), ("value_fen", [12.75] * 6, "whole number"),
+                                ("conversion_id", ["a", "", "c", "d", "e", "f"], "non-empty"),
+                                ("ts", [1.7e12] * 6, "milliseconds")]:
+        with pytest.raises(ValueError, match=rf"row \d+, field {field}: expected .*{want}"):
+            conv.validate(good.assign(**{field: values}))
+
+
+def test_conversions_read_csv_and_name_the_file(tmp_path):
+    path = tmp_path / "conv.csv"
+    CONVERSIONS.to_csv(path, index=False)
+    assert conv.read(path)["conversion_id"].tolist() == CONVERSIONS["conversion_id"].tolist()
+    path.write_text(path.read_text().replace("first_order", "refund"))
+    with pytest.raises(ValueError, match=rf"{path}: row 2, field type"):
+        conv.read(path)
+    with pytest.raises(FileNotFoundError, match="no such conversions file"):
+        conv.read(tmp_path / "nope.parquet")
 
 
 def test_the_simulators_conversions_adapt_to_events(tmp_path):

@@ -2,14 +2,16 @@
 
 One row per conversion event, from the CDP's events or any other source, validated here:
 
-    conversion_id  str      unique
-    ts             float64  unix seconds
+    conversion_id  str      unique, not empty
+    ts             float64  unix seconds, >= 0 and < 1e10 (a millisecond timestamp is refused)
     type           str      one of TYPES
-    value_fen      int64    order value in fen (0 for a WeCom friend add)
+    value_fen      int64    order value in fen, a whole number (0 for a WeCom friend add)
     trace_id       str      the RTA request / trace id the click carried (Tencent __RTA_TRACE_ID__), "" if none
     id_type        int32    rta.v1.IdType of the device ID the event carried, 0 if none
     md5            str      that device ID, lower-case hex MD5 (hashed, as in the profile store), "" if none
     one_id         str      the person's OneID when the CDP resolved one, "" if none
+
+Files are Parquet or CSV (by suffix). Errors name the file, the 1-based data row and the field.
 """
 
 from __future__ import annotations
@@ -26,22 +28,39 @@ COLUMNS = {"conversion_id": str, "ts": "float64", "type": str, "value_fen": "int
 _MD5 = re.compile(r"[0-9a-f]{32}")
 
 
+MAX_TS = 1e10  # year 2286 in unix seconds; today's time in milliseconds is ~170x past it
+
+
+def _valid_id_types() -> set[int]:
+    from rta.v1 import decision_pb2 as pb  # noqa: PLC0415
+
+    return {0, *pb.IdType.values()}
+
+
 def validate(df: pd.DataFrame, source: str = "conversions") -> pd.DataFrame:
-    """The table with COLUMNS typed; raises ValueError naming the source, row and field of a bad value."""
+    """The table with COLUMNS typed; raises ValueError naming the source, 1-based row and field of a bad value."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{source}: missing columns {missing}")
-    df = df[list(COLUMNS)].copy()
+    df = df[list(COLUMNS)].reset_index(drop=True).copy()
     for col in ("trace_id", "md5", "one_id"):
         df[col] = df[col].fillna("").astype(str)
     df["id_type"] = df["id_type"].fillna(0)
+    whole = {}
     for col in ("ts", "value_fen", "id_type"):
-        bad = pd.to_numeric(df[col], errors="coerce").isna()
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = num.isna()
         if bad.any():
             i = int(np.argmax(bad.to_numpy()))
-            raise ValueError(f"{source}: row {i}, field {col}: not a number ({df[col].iloc[i]!r})")
-        df[col] = df[col].astype(COLUMNS[col])
+            raise ValueError(f"{source}: row {i + 1}, field {col}: not a number ({df[col].iloc[i]!r})")
+        whole[col] = num % 1 == 0
+        df[col] = num.astype("float64") if col == "ts" else num
+    ids = df["conversion_id"]
     checks = [
+        ("conversion_id", ids.isna() | (ids.astype(str).str.strip() == ""), "a non-empty id"),
+        ("ts", (df["ts"] < 0) | (df["ts"] >= MAX_TS), "unix seconds (is it milliseconds?)"),
+        ("value_fen", ~whole["value_fen"], "a whole number of fen"),
+        ("id_type", ~whole["id_type"] | ~df["id_type"].isin(_valid_id_types()), "an rta.v1.IdType number or 0"),
         ("type", ~df["type"].isin(TYPES), f"one of {TYPES}"),
         ("value_fen", df["value_fen"] < 0, "not negative"),
         ("md5", (df["md5"] != "") & ~df["md5"].str.fullmatch(_MD5.pattern), "lower-case hex MD5 or empty"),
@@ -51,12 +70,28 @@ def validate(df: pd.DataFrame, source: str = "conversions") -> pd.DataFrame:
     for field, bad, want in checks:
         if bad.any():
             i = int(np.argmax(bad.to_numpy()))
-            raise ValueError(f"{source}: row {i}, field {field}: expected {want}, got {df[field].iloc[i]!r}")
-    return df.reset_index(drop=True)
+            raise ValueError(f"{source}: row {i + 1}, field {field}: expected {want}, got {df[field].iloc[i]!r}")
+    df["conversion_id"] = ids.astype(str)
+    df["value_fen"] = df["value_fen"].astype("int64")
+    df["id_type"] = df["id_type"].astype("int32")
+    return df
 
 
 def read(path: Path) -> pd.DataFrame:
-    return validate(pd.read_parquet(path), str(path))
+    """A conversions file: Parquet, or CSV with a header row (by suffix)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such conversions file")
+    try:
+        if path.suffix.lower() == ".csv":
+            raw = pd.read_csv(path, dtype={"conversion_id": str, "trace_id": str, "md5": str, "one_id": str,
+                                           "type": str}, keep_default_na=False)
+        else:
+            raw = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow and the CSV parser raise many types: all mean an unreadable file
+        raise ValueError(f"{path}: not a readable {'CSV' if path.suffix.lower() == '.csv' else 'Parquet'} "
+                         f"file: {exc}") from None
+    return validate(raw, str(path))
 
 
 def from_world(world_dir: Path) -> pd.DataFrame:

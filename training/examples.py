@@ -20,7 +20,7 @@ import pandas as pd
 from rta.v1 import decision_pb2 as pb
 from rta_service.features import FEATURE_NAMES
 
-from .attribution import DEFAULT_WINDOW_S, attribute
+from .attribution import DEFAULT_WINDOW_S, attribute, touch_id
 from .conversions import TYPES
 
 
@@ -28,9 +28,22 @@ class LeakError(AssertionError):
     """A training example uses information from after its decision, or a label that is not complete."""
 
 
+LOG_COLUMNS = ("entry_id", "entry_index", "request_id", "ts", "ids", "one_id", "decision", "degraded", "features",
+               "score", "model_version", "holdout", "os", "platform")
+
+
 def read_decisions(con, log_dir: Path) -> ibis.Table:
-    """The exported decision log (rta logs export) as a table of the backend."""
-    return con.read_parquet(str(Path(log_dir) / "hour=*" / "part-*.parquet"), hive_partitioning=False)
+    """The exported decision log (rta logs export) as a table of the backend; a clear error when the
+    directory holds no export or its files lack a column the training set needs."""
+    pattern = Path(log_dir) / "hour=*" / "part-*.parquet"
+    if not any(Path(log_dir).glob("hour=*/part-*.parquet")):
+        raise FileNotFoundError(f"{log_dir}: no exported decision log ({pattern.relative_to(log_dir)}); "
+                                "run `rta logs export --out DIR` first")
+    table = con.read_parquet(str(pattern), hive_partitioning=False)
+    missing = [c for c in LOG_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{pattern}: missing column(s) {', '.join(missing)}; is this an `rta logs export` output?")
+    return table
 
 
 def build(decisions: ibis.Table, conversions: ibis.Table, observed_until: float,
@@ -39,16 +52,20 @@ def build(decisions: ibis.Table, conversions: ibis.Table, observed_until: float,
     value_fen, score, model_version, holdout, one_id. Checked with check_point_in_time."""
     d = decisions
     scored = d.filter((d.decision == pb.BID) & ~d.degraded & d.features.notnull())
+    scored = scored.mutate(touch_id=touch_id(scored))
     attributed = attribute(decisions, conversions, window_s)
     attributed = attributed.filter(attributed.type.isin(list(label_types)))
-    per_touch = attributed.group_by("request_id").aggregate(
+    per_touch = attributed.group_by("touch_id").aggregate(
         first_conv_ts=attributed.conv_ts.min(), conversions=attributed.count(), value_fen=attributed.value_fen.sum())
-    ex = scored.left_join(per_touch, scored.request_id == per_touch.request_id)
+    ex = scored.left_join(per_touch, scored.touch_id == per_touch.touch_id)
     ex = ex.filter(ex.ts + window_s <= observed_until)
-    ex = ex.select("request_id", "ts", "features", "first_conv_ts", "conversions", "value_fen", "score",
+    ex = ex.select("touch_id", "request_id", "ts", "features", "first_conv_ts", "conversions", "value_fen", "score",
                    "model_version", "holdout", "one_id", "os", "platform")
     df = ex.execute()
-    df = df.sort_values(["ts", "request_id"], ignore_index=True)
+    if df.empty:
+        raise ValueError(f"no scored BID decision in the log is older than the attribution window ({window_s:g} s) "
+                         "at observed_until; wait for the window to pass or give a shorter --window-s")
+    df = df.sort_values(["ts", "request_id", "touch_id"], ignore_index=True)
     matrix = np.array([[np.nan if v is None else v for v in row] for row in df["features"]], dtype=np.float64)
     matrix = matrix.reshape(len(df), len(FEATURE_NAMES))
     df = pd.concat([df.drop(columns=["features"]), pd.DataFrame(matrix, columns=list(FEATURE_NAMES))], axis=1)
