@@ -127,9 +127,13 @@ def _model(opts) -> int:
     from . import registry
 
     if opts.action == "list":
+        if not opts.registry.is_dir():
+            raise FileNotFoundError(f"{opts.registry}: no such model registry (set --registry or RTA_MODEL_REGISTRY)")
         rows = registry.list_versions(opts.registry)
         for r in rows:
-            print(f"{'*' if r['current'] else ' '} {r['version']}  {json.dumps(r['metrics'])}")
+            m = r["metrics"]["model"] if isinstance(r["metrics"].get("model"), dict) else r["metrics"]
+            headline = {k: v for k, v in m.items() if isinstance(v, int | float)}  # not the calibration bins
+            print(f"{'*' if r['current'] else ' '} {r['version']}  {json.dumps(headline)}")
         if not rows:
             print(f"{opts.registry}: no published versions")
         return 0
@@ -212,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="directory of hour=... Parquet partitions")
     p.add_argument("--redis-url", default=os.environ.get("RTA_REDIS_URL", DEFAULT_REDIS))
     p.add_argument("--namespace", default=os.environ.get("RTA_REDIS_NAMESPACE", "rta"))
-    p.add_argument("--batch", type=int, default=5000, help="records per Parquet file and acknowledgement")
+    p.add_argument("--batch", type=int, default=200,
+                   help="stream entries (each ~decision_log_batch records) per Parquet file and acknowledgement")
     p.set_defaults(func=_logs_export)
 
     p = sub.add_parser("model", help="the model registry: list, publish, promote, rollback")

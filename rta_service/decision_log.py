@@ -207,3 +207,8 @@ class DecisionLog:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(timeout_s):
                     await self._client.aclose()
+        if self._buffered:
+            log.warning("decision log: %d records not written at shutdown", self._buffered)
+            self._drop(self._buffered, "shutdown")
+            self._buf.clear()
+            self._buffered = 0

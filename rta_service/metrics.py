@@ -84,7 +84,8 @@ class Metrics:
         self.log_written = Counter("rta_decision_log_written", "Decision records written to the Redis Stream",
                                    registry=r)
         self.log_dropped = Counter("rta_decision_log_dropped", "Decision records dropped: the buffer was full "
-                                   "(buffer_full) or Redis refused the write (redis_error)", ["reason"], registry=r)
+                                   "(buffer_full), Redis refused the write (redis_error), or not written at "
+                                   "shutdown (shutdown)", ["reason"], registry=r)
         self.log_buffered = Gauge("rta_decision_log_buffered", "Decision records waiting to be written", registry=r)
         self.model_info = Gauge("rta_model_info", "1 for the model version serving now", ["model_version"],
                                 registry=r)

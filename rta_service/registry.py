@@ -146,9 +146,11 @@ def list_versions(registry: Path) -> list[dict]:
         if d.name.startswith(".") or not (d / MODEL_FILE).exists():
             continue
         metrics = {}
-        with contextlib.suppress(Exception):
-            meta = json.loads((d / "report.json").read_text()) if (d / "report.json").exists() else {}
-            metrics = meta.get("metrics", {})
+        with contextlib.suppress(Exception):  # a listing shows what it can read; promote checks properly
+            if (d / "report.json").exists():
+                metrics = json.loads((d / "report.json").read_text()).get("metrics", {})
+            else:  # an artifact from `rta train --input` carries its metrics in the ONNX metadata
+                metrics = OnnxModel.load(d / MODEL_FILE).metrics
         rows.append({"version": d.name, "published_ts": int((d / MODEL_FILE).stat().st_mtime),
                      "current": d.name == current, "metrics": metrics})
     return sorted(rows, key=lambda r: (r["published_ts"], r["version"]))

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     decision_log: bool = True
     decision_log_url: str = ""  # its own Redis connection; empty: redis_url
     decision_log_buffer: Annotated[int, Field(ge=1, le=10_000_000)] = 50_000  # records held; past it, dropped
-    decision_log_batch: Annotated[int, Field(ge=1, le=100_000)] = 500  # records per pipelined write
+    decision_log_batch: Annotated[int, Field(ge=1, le=100_000)] = 500  # records per stream entry (one XADD)
     decision_log_flush_ms: Ms = 50.0
     decision_log_maxlen: Annotated[int, Field(ge=100)] = 100_000  # stream entries kept (MAXLEN ~), each <= batch
     # A model registry directory (docs/specs/model-registry.md): serve its current model instead of

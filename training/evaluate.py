@@ -104,13 +104,16 @@ def write(rep: dict, out_dir: Path) -> tuple[Path, Path]:
     heads = "".join(f"<th>lift top {k}</th>" for k in next(iter(ms.values()))["lift"]) if ms else ""
     info = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v))}</td></tr>"
                    for k, v in rep["info"].items())
+    truth_note = ('<p>"truth" is the simulator\'s hidden propensity: the ceiling no model can beat.</p>'
+                  if "truth" in ms else "<p>No true propensity is known for these rows (only a simulated world "
+                  "has one: <code>rta simulate loop</code>), so there is no ceiling row.</p>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Model report</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style></head>
 <body><h1>Model report: {html.escape(str(rep['info'].get('model_version', '')))}</h1>
 <h2>Test rows (latest by time)</h2><table><tr><th>scores</th><th>AUC</th><th>log loss</th><th>Brier</th>
 <th>mean predicted</th><th>observed rate</th>{heads}</tr>{rows}</table>
-<p>"truth" is the simulator's hidden propensity: the ceiling no model can beat.</p>
-{_svg("Calibration (10 quantile bins)", cal, top, top, "mean predicted", "observed rate")}
+{truth_note}
+{_svg("Calibration (<= 10 quantile bins; tied scores share one)", cal, top, top, "mean predicted", "observed rate")}
 {_svg("ROC", roc, 1.0, 1.0, "false positive rate", "true positive rate")}
 <h2>Training</h2><table>{info}</table></body></html>
 """

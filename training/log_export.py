@@ -158,7 +158,7 @@ def write_batch(out: Path, entries: list[tuple[str, dict]]) -> dict:
     return {"written": written, "skipped": skipped, "rejected": len(rejected)}
 
 
-def export(redis_url: str, out_dir: Path, namespace: str = "rta", batch: int = 5000, group: str = GROUP,
+def export(redis_url: str, out_dir: Path, namespace: str = "rta", batch: int = 200, group: str = GROUP,
            consumer: str = CONSUMER, max_batches: int | None = None) -> dict:
     """Drain the stream to out_dir until it is empty (or max_batches); returns counts."""
     out = Path(out_dir)
