@@ -1,4 +1,4 @@
-"""`rta cdp run|report` (and the older `rta cdp --input DIR`): argument parsing only; imports lazily."""
+"""`rta cdp run|report|conversions|bench` (and the older `rta cdp --input DIR`): argument parsing only."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def add_parser(sub) -> None:
     rep = cdp_sub.add_parser("report", help="OneID accuracy vs the world's truth, segment sizes")
     _common(rep)
     rep.set_defaults(func=_report)
+    conv = cdp_sub.add_parser("conversions", help="conversion events (friend adds, first orders, repurchases) "
+                              "for rta train --log")
+    _common(conv)
+    conv.add_argument("--since", type=dt.date.fromisoformat, required=True, help="first day of events (UTC+8)")
+    conv.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    conv.set_defaults(func=_conversions)
     bench = cdp_sub.add_parser("bench", help="the CDP at scale: time and memory per stage, Splink and redis-cli ratios")
     bench.add_argument("--people", type=int, default=100_000)
     bench.add_argument("--engine", choices=["duckdb", "pyspark"], default="duckdb")
@@ -66,6 +72,13 @@ def _report(opts) -> int:
     from .pipeline import report  # noqa: PLC0415
 
     print(json.dumps(report(_config(opts), progress=_say), indent=2))
+    return 0
+
+
+def _conversions(opts) -> int:
+    from .conversions import from_config  # noqa: PLC0415
+
+    print(json.dumps(from_config(_config(opts), opts.since, opts.out, progress=_say), indent=2))
     return 0
 
 
