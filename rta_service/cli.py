@@ -65,14 +65,16 @@ def _retrain(opts) -> int:
     """Train on the exported decision log and the conversions (training/retrain.py)."""
     import time
 
+    import ibis
+
     from cdp.engine import connect
     from training import conversions, examples, retrain
 
     if not opts.conversions:
         raise ValueError("--log needs --conversions (a Parquet file of conversion events)")
-    con = connect()
+    con = connect(opts.engine, **({"master": opts.spark_master} if opts.engine == "pyspark" else {}))
     decisions = examples.read_decisions(con, opts.log)
-    conv = con.create_table("conversions", conversions.read(opts.conversions), overwrite=True)
+    conv = con.create_view("conversions", ibis.memtable(conversions.read(opts.conversions)), overwrite=True)
     observed = opts.observed_until if opts.observed_until is not None else time.time()
     ex = examples.build(decisions, conv, observed_until=observed, window_s=opts.window_s)
     previous = None
@@ -187,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conversions", type=Path, help="with --log: conversion events (docs/specs/attribution.md)")
     p.add_argument("--window-s", type=float, default=7 * 86400.0, help="with --log: attribution window")
     p.add_argument("--observed-until", type=float, help="with --log: conversions known up to (default: now)")
+    p.add_argument("--engine", choices=["duckdb", "pyspark"], default="duckdb",
+                   help="with --log: where attribution and the training set are computed (cdp/engine.py)")
+    p.add_argument("--spark-master", default="local[2]", help="with --engine pyspark: the Spark master URL")
     p.add_argument("--registry", type=Path, help="with --log: publish into this model registry")
     p.add_argument("--promote", action="store_true", help="with --registry: make the new model current")
     p.set_defaults(func=_train)
