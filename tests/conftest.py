@@ -24,6 +24,18 @@ def redis_url(redis_server) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="module")
+def spark():
+    """A Spark backend for the module's engine-comparison tests (Spark starts slowly); tiny data: one
+    shuffle partition, no code generation. The tests skip themselves when java is absent."""
+    from cdp import engine
+
+    session = engine.spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "1",
+                                                     "spark.sql.codegen.wholeStage": "false"})
+    yield engine.connect("pyspark", session=session)
+    session.stop()
+
+
 @pytest.fixture(scope="session")
 def golden_model_path(tmp_path_factory):
     from tests import golden_model

@@ -26,15 +26,6 @@ def world(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def spark():
-    # One session for the module (Spark starts slowly); tiny data: one shuffle partition, no code generation.
-    session = engine.spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "1",
-                                                     "spark.sql.codegen.wholeStage": "false"})
-    yield engine.connect("pyspark", session=session)
-    session.stop()
-
-
 def run_on(con, world) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
     profiles, index, res = profile_tables(ingest.read_parquet(con, world), AS_OF, built_ts=BUILT_TS, tags=True)
     records = res.records.to_pandas().sort_values(["table", "record_id"], ignore_index=True)

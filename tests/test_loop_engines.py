@@ -19,14 +19,6 @@ pytestmark = pytest.mark.skipif(shutil.which("java") is None,
 
 
 @pytest.fixture(scope="module")
-def spark():
-    session = engine.spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "1",
-                                                     "spark.sql.codegen.wholeStage": "false"})
-    yield engine.connect("pyspark", session=session)
-    session.stop()
-
-
-@pytest.fixture(scope="module")
 def log_dir(tmp_path_factory):
     """DECISIONS laid out as `rta logs export` writes them: hour=*/part-*.parquet."""
     root = tmp_path_factory.mktemp("log")
