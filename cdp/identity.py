@@ -238,6 +238,21 @@ def resolve_frames(tables: dict[str, pd.DataFrame], con=None,
     return out
 
 
+def change_log(previous: ir.Table, current: ir.Table) -> ir.Table:
+    """[change, old_one_id, new_one_id]: one row per OneID pair of a merge (2+ previous OneIDs whose
+    keys now share one current OneID) or a split (a previous OneID whose keys now have 2+ current ones),
+    from two runs' [key, one_id] maps. A OneID that merely kept its keys (or gained new ones) is absent."""
+    both = previous.select("key", old="one_id").join(current.select("key", new="one_id"), "key")
+    both = both.select("old", "new").distinct()
+    fan_in = both.group_by("new").agg(n=ibis._.old.nunique()).filter(ibis._.n > 1).select("new")
+    fan_out = both.group_by("old").agg(n=ibis._.new.nunique()).filter(ibis._.n > 1).select("old")
+    merges = both.join(fan_in, "new", how="semi").select(change=ibis.literal("merge"), old_one_id="old",
+                                                          new_one_id="new")
+    splits = both.join(fan_out, "old", how="semi").select(change=ibis.literal("split"), old_one_id="old",
+                                                           new_one_id="new")
+    return merges.union(splits, distinct=False)
+
+
 def changes(previous: ir.Table, current: ir.Table) -> dict[str, int]:
     """How OneIDs moved between two runs' [key, one_id] maps (keys present in both runs).
 

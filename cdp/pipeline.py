@@ -18,7 +18,7 @@ import redis
 from . import engine, ingest, validate
 from .config import CdpConfig
 from .export import export
-from .identity import Guardrails, changes
+from .identity import Guardrails, change_log, changes
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, segment_sizes
@@ -100,12 +100,24 @@ def _distribution(t, column: str) -> dict[str, int]:
     return {str(r[column]): int(r["n"]) for r in sorted(rows, key=lambda r: str(r[column]))}
 
 
+CHANGES_DIR = "oneid_changes"  # one Parquet file of merges and splits per run, named by its start time
+
+
 def _compare_with_last_run(con, state_dir: Path, res) -> dict | None:
-    """Merges and splits against the map saved by the last run in state_dir, then save this run's map."""
+    """Merges and splits against the map saved by the last run in state_dir (counted, and each one
+    written to `{state_dir}/oneid_changes/{time}.parquet`), then save this run's map."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / IDENTIFIERS_FILE
-    moved = changes(con.read_parquet(str(path)), res.identifiers) if path.exists() else None
+    moved = None
+    if path.exists():
+        previous = con.read_parquet(str(path))
+        moved = changes(previous, res.identifiers)
+        log_dir = state_dir / CHANGES_DIR
+        log_dir.mkdir(exist_ok=True)
+        moved["log"] = str(log_dir / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.parquet")
+        change_log(previous, res.identifiers).to_pandas().sort_values(
+            ["change", "old_one_id", "new_one_id"], ignore_index=True).to_parquet(moved["log"], index=False)
     tmp = state_dir / (IDENTIFIERS_FILE + ".tmp")
     res.identifiers.to_parquet(tmp)
     tmp.replace(path)  # read before this point: the comparison above has been computed already

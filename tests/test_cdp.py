@@ -306,6 +306,27 @@ def test_oneids_are_stable_and_merges_and_splits_are_counted():
                                                                    member_id="M2")]
     assert identity.changes(identifiers(run4_before), identifiers(run4)) == {"kept": 1, "merged": 0, "split": 1,
                                                                               "new": 1}
+    # Each merge and split is logged as (change, old OneID, new OneID) rows.
+    a, b = one_ids(world_tables(accounts=run2))["a"], one_ids(world_tables(accounts=run2))["b"]
+    merged = identity.change_log(identifiers(run2), identifiers(run3)).to_pandas()
+    assert sorted(map(tuple, merged.to_numpy())) == [("merge", a, a), ("merge", b, a)]
+    split = identity.change_log(identifiers(run4_before), identifiers(run4)).to_pandas()
+    after = one_ids(world_tables(accounts=run4))
+    assert sorted(map(tuple, split.to_numpy())) == sorted([("split", after["a"], after["a"]),
+                                                            ("split", after["a"], after["b"])])
+    assert identity.change_log(identifiers(run1), identifiers(run2)).count().to_pyarrow().as_py() == 0
+
+
+def test_a_run_with_state_dir_writes_its_merges_and_splits(small_world, tmp_path, capsys):
+    config = tmp_path / "cdp.yaml"
+    config.write_text(f"input: {small_world}\nstate_dir: {tmp_path / 'state'}\n")
+    assert cli.main(["cdp", "report", "--config", str(config)]) == 0
+    assert "OneIDs vs last run" not in capsys.readouterr().err  # the first run has nothing to compare with
+    assert cli.main(["cdp", "report", "--config", str(config)]) == 0
+    assert "OneIDs vs last run" in capsys.readouterr().err
+    logs = list((tmp_path / "state" / "oneid_changes").glob("*.parquet"))
+    assert len(logs) == 1
+    assert list(pd.read_parquet(logs[0]).columns) == ["change", "old_one_id", "new_one_id"]
 
 
 # --- tags and segments ----------------------------------------------------------------------------------------
