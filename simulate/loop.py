@@ -225,8 +225,10 @@ def run_loop(days: int, people: int = 20000, seed: int = 7, traffic: int | None 
                                  f"{s['ceiling_auc'] or '-'} (previous {s['previous_auc'] or '-'})")
                     if not s["promoted"]:
                         retrained += f", not promoted: {s['not_promoted']}"
-                    elif not _await_version(server.target, s["model_version"]):
-                        retrained += " (NOT picked up by the service)"
+                    elif _await_version(server.target, s["model_version"]):
+                        retrained += ", promoted and now serving"
+                    else:
+                        retrained += ", promoted but NOT picked up by the service"
                 except (ValueError, ParityError) as exc:
                     retrained = f"kept the model ({exc})"
                 bids = out[out["bid"]]
