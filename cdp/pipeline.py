@@ -22,6 +22,7 @@ from .identity import Guardrails, change_log, changes
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, segment_sizes
+from .schema import OPTIONAL_TABLES
 from .tags import apply_segments, load_segments
 from .tags import segment_sizes as tag_segment_sizes
 
@@ -29,12 +30,14 @@ META_FILE = "meta.json"  # written by simulate; carries the world's as_of
 
 
 def read_tables(input_dir: Path, names: tuple[str, ...] = CDP_TABLES) -> dict[str, pd.DataFrame]:
-    """{name: DataFrame} from `{input_dir}/{name}.parquet`."""
+    """{name: DataFrame} from `{input_dir}/{name}.parquet`; absent optional tables are left out
+    (cdp.ingest.register supplies them empty)."""
     input_dir = Path(input_dir)
-    missing = [n for n in names if not (input_dir / f"{n}.parquet").exists()]
+    present = [n for n in names if (input_dir / f"{n}.parquet").exists()]
+    missing = [n for n in names if n not in present and n not in OPTIONAL_TABLES]
     if missing:
         raise FileNotFoundError(f"{input_dir}: missing {', '.join(f'{n}.parquet' for n in missing)}")
-    return {n: pd.read_parquet(input_dir / f"{n}.parquet") for n in names}
+    return {n: pd.read_parquet(input_dir / f"{n}.parquet") for n in present}
 
 
 def world_as_of(input_dir: Path, as_of: dt.date | None = None) -> dt.date:
