@@ -388,3 +388,67 @@ def test_the_device_cap_counts_each_id_type_separately():
     _, identifiers = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("dev", 2),)))
     kept = {k for k in identifiers["key"] if k.startswith("dev:")}
     assert kept == {f"dev:o:{oaids[0]}", f"dev:o:{oaids[1]}", f"dev:i:{IMEI}"}  # the latest OAID is the excess
+
+
+def test_openid_links_within_its_channel_and_a_members_external_userid_links_the_friendship():
+    tables = world_tables(
+        accounts=[account("mp1", "miniprogram"), account("mp2", "miniprogram", days_ago=200),
+                  account("ap", "app", days_ago=100), account("st", "store", member_id="M1")],
+        wecom=[friendship("w", external="wm-9")])
+    tables["memberships"]["openid"] = ["o1", "o1", "o1", None]
+    tables["memberships"]["external_userid"] = [None, None, None, "wm-9"]
+    ids = one_ids(tables)
+    assert ids["mp1"] == ids["mp2"] != ids["ap"]  # an openid belongs to one app (channel)
+    assert ids["st"] == ids["w"]
+    assert ids["st"] != ids["mp1"]
+
+
+def test_wecom_activity_and_store_tags_on_hand_built_people():
+    tables = world_tables(
+        accounts=[account("a", "miniprogram", phone="PA"), account("b", "store", days_ago=200, phone="PB"),
+                  account("b-old", "store", days_ago=900, phone="PB"), account("d", "store", phone="PD"),
+                  account("e", "tmall", member=False, buyer="E")],
+        orders=[("d", "store", 10, 100), ("d", "store", 20, 100)],
+        wecom=[friendship("wa", days_ago=200, phone="PA", external="wm-a")])
+    tables["memberships"]["store_id"] = [None, "s3", "s2", "s1", None]
+    tables["orders"]["store_id"] = ["s7", "s7"]  # a store missing from the store master
+    tables["wecom"]["store_id"] = ["s2"]
+
+    def event(type_, days_ago, external="wm-a", group=None):
+        return {"event_id": f"e{type_}{days_ago}", "external_userid": external, "guide_id": "g1", "type": type_,
+                "ts": CUTOFF - int(days_ago * DAY), "group_id": group}
+
+    tables["wecom_interactions"] = pd.DataFrame([
+        event("friend_add", 200), event("chat", 5), event("chat", 10), event("chat", 40),
+        event("chat", -2),  # after the cutoff: not known yet
+        event("chat", 1, external="0"), event("chat", 1, external="wm-unknown"),  # junk / nobody's: attach to no one
+        event("group_join", 100, group="grp-a"), event("group_leave", 50, group="grp-a"),
+        event("group_join", 20, group="grp-b")])
+    opened = {"s1": ("Shanghai", 3000), "s2": ("Shanghai", 2000), "s3": ("Hangzhou", 2500), "s4": ("Hangzhou", 30),
+              "s5": ("Hangzhou", 80), "s6": ("Hangzhou", -2)}
+    tables["stores"] = pd.DataFrame([[s, "east", city, 30.0, 120.0, CUTOFF - days * DAY]
+                                     for s, (city, days) in opened.items()],
+                                    columns=["store_id", "region", "city", "lat", "lon", "opened_ts"])
+    _, _, res = profile_tables(ingest.register(engine.connect(), tables), AS_OF, built_ts=1, tags=True)
+    got = res.tags.to_pandas().set_index("one_id")
+    ids = one_ids(tables)
+    a, b, d, e = (got.loc[ids[r]] for r in ("a", "b", "d", "e"))
+    assert a["wecom_chats_30d"] == 2 and a["days_since_last_chat"] == 5 and a["in_wecom_group"]  # left a, in b
+    assert (a["best_store_id"], a["best_store_source"], a["best_store_city"]) == ("s2", "wecom", "Shanghai")
+    assert not a["new_store_nearby"] and pd.isna(a["new_store_id"])
+    # b: no orders, no WeCom: the latest registration store; a store opened 30 days ago in its city (s5
+    # opened 80 days ago is not new; s6 opens after the cutoff and is not known yet).
+    assert (b["best_store_id"], b["best_store_source"], b["best_store_region"]) == ("s3", "registration", "east")
+    assert b["new_store_nearby"] and b["new_store_id"] == "s4"
+    assert b["wecom_chats_30d"] == 0 and pd.isna(b["days_since_last_chat"]) and not b["in_wecom_group"]
+    assert (d["best_store_id"], d["best_store_source"]) == ("s7", "orders") and pd.isna(d["best_store_city"])
+    assert pd.isna(e["best_store_id"]) and pd.isna(e["best_store_source"]) and not e["new_store_nearby"]
+    assert int(got["wecom_chats_30d"].sum()) == 2  # the junk and unknown external_userids attached to nobody
+
+
+def test_tags_without_the_optional_tables_are_empty_not_missing():
+    tables = world_tables(accounts=[account("a", "store", phone="P")], wecom=[friendship("w", phone="P")])
+    _, _, res = profile_tables(ingest.register(engine.connect(), tables), AS_OF, built_ts=1, tags=True)
+    row = res.tags.to_pandas().iloc[0]
+    assert row["wecom_chats_30d"] == 0 and not row["in_wecom_group"] and not row["new_store_nearby"]
+    assert (row["best_store_id"], row["best_store_source"]) == ("s1", "wecom") and pd.isna(row["best_store_city"])
