@@ -23,7 +23,7 @@ from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, segment_sizes
 from .schema import OPTIONAL_TABLES
-from .tags import apply_segments, load_segments
+from .tags import apply_segments, load_segments, with_segments
 from .tags import segment_sizes as tag_segment_sizes
 
 META_FILE = "meta.json"  # written by simulate; carries the world's as_of
@@ -88,6 +88,7 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     segments = load_segments(cfg.segments_file) if cfg.segments_file else {}
     tagged = apply_segments(res.tags, segments)
     tagged.to_parquet(work / "tags.parquet")
+    res.tags = tagged  # with a segment_{name} flag per YAML segment, which the export carries
     stages.tags = {"lifecycle": _distribution(tagged, "lifecycle"), "segments": tag_segment_sizes(tagged),
                    "file": str(work / "tags.parquet")}
     stages.done("tags", f"lifecycle {stages.tags['lifecycle']}; segments {stages.tags['segments']}")
@@ -130,7 +131,7 @@ def _compare_with_last_run(con, state_dir: Path, res) -> dict | None:
 def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Build profiles as configured and export them as a new generation; returns a summary."""
     con, stages, profile_t, index_t, res, as_of = build(cfg, progress)
-    profiles, index = to_frame(profile_t), index_frame(index_t)
+    profiles, index = with_segments(to_frame(profile_t), res.tags), index_frame(index_t)
     n_records = res.records.count().to_pyarrow().as_py()
     segments = segment_sizes(profile_t)
     stages.done("collect", f"{len(profiles):,} profiles, {len(index):,} device IDs")

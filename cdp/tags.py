@@ -33,10 +33,12 @@ from pathlib import Path
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
+import pandas as pd
 import yaml
 
 from .identity import Resolution, trim
-from .profiles import DAY, TZ
+from .profiles import DAY, SEGMENTS, TZ
 
 TZ_OFFSET_S = int(TZ.utcoffset(None).total_seconds())
 CHAT_DAYS = 30
@@ -143,6 +145,8 @@ def load_segments(path: Path) -> dict[str, list]:
     for name, conditions in segments.items():
         if not isinstance(conditions, list) or not conditions:
             raise ValueError(f"{path}: segment {name}: expected a list of [tag, op, value] conditions")
+        if name in SEGMENTS:
+            raise ValueError(f"{path}: segment {name}: the name of a built-in segment ({', '.join(SEGMENTS)})")
         for cond in conditions:
             if not isinstance(cond, list) or len(cond) not in (2, 3) or cond[1] not in OPS:
                 raise ValueError(f"{path}: segment {name}: bad condition {cond!r} (ops: {', '.join(OPS)})")
@@ -181,3 +185,17 @@ def segment_sizes(tagged: ir.Table) -> dict[str, int]:
         return {}
     row = tagged.aggregate(**{c.removeprefix("segment_"): tagged[c].cast("int64").sum() for c in flags})
     return {k: int(v or 0) for k, v in row.to_pyarrow().to_pylist()[0].items()}
+
+
+def with_segments(profiles: pd.DataFrame, tagged: ir.Table) -> pd.DataFrame:
+    """profiles (cdp.profiles.to_frame) with the YAML segments each person is in appended to the fixed
+    `segments`, in the segments file's order: what the Redis profile carries for policy audiences."""
+    flags = [c for c in tagged.columns if c.startswith("segment_")]
+    if not flags:
+        return profiles
+    member = tagged.filter(ibis.or_(*(tagged[c] for c in flags))).select("one_id", *flags).to_pandas()
+    names = np.array([c.removeprefix("segment_") for c in flags], dtype=object)
+    extra = dict(zip(member["one_id"], (tuple(names[row]) for row in member[flags].to_numpy(dtype=bool)),
+                     strict=True))
+    return profiles.assign(segments=[fixed + extra.get(one_id, ()) for one_id, fixed
+                                     in zip(profiles["one_id"], profiles["segments"], strict=True)])

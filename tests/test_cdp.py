@@ -17,7 +17,7 @@ import redis
 from cdp import engine, identity, ingest, tags
 from cdp.config import CdpConfig, load_config
 from cdp.export import export
-from cdp.pipeline import read_tables, run
+from cdp.pipeline import read_tables, run, run_config
 from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
 from rta.v1 import decision_pb2 as pb
 from rta_service import cli, keyspace
@@ -452,3 +452,49 @@ def test_tags_without_the_optional_tables_are_empty_not_missing():
     row = res.tags.to_pandas().iloc[0]
     assert row["wecom_chats_30d"] == 0 and not row["in_wecom_group"] and not row["new_store_nearby"]
     assert (row["best_store_id"], row["best_store_source"]) == ("s1", "wecom") and pd.isna(row["best_store_city"])
+
+
+def test_a_yaml_segment_reaches_the_redis_profile_and_a_policy_audience_over_it_changes_the_decision(
+        service, redis_url, tmp_path):
+    world = tmp_path / "world"
+    world.mkdir()
+    tables = world_tables(accounts=[account("a", "app", phone="PA"), account("b", "app", phone="PB")],
+                          devices=[["a", pb.OAID, OAID], ["b", pb.IMEI, IMEI]],
+                          orders=[("a", "app", 10, 500), ("a", "app", 40, 700), ("b", "app", 5, 900)])
+    for name, frame in tables.items():
+        frame.to_parquet(world / f"{name}.parquet", index=False)
+    segments = tmp_path / "segments.yaml"
+    segments.write_text("segments:\n  repeat_buyers: [[lifecycle, in, ['2', '3+']]]\n")
+    summary = run_config(CdpConfig(input=world, as_of=AS_OF, redis_url=redis_url, grace_s=0,
+                                   segments_file=segments, work_dir=tmp_path / "work"))
+    assert summary["tags"]["segments"] == {"repeat_buyers": 1}
+    client = redis.Redis.from_url(redis_url)
+    stored = {t: keyspace.decode_profile(client.get(keyspace.device_key("rta", 1, t, md5)))
+              for t, md5 in ((pb.OAID, OAID), (pb.IMEI, IMEI))}
+    assert list(stored[pb.OAID].segments) == ["member", "buyer", "vip", "repeat_buyers"]  # fixed ones first
+    assert list(stored[pb.IMEI].segments) == ["member", "buyer"]
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("cache_ttl_seconds: {bid: 3600, no_bid: 1800, degraded: 60}\nstrategies:\n"
+                      "  - id: repeat\n    audience: {include_segments: [repeat_buyers]}\n    threshold: 0.0\n"
+                      "    weight: {reference_score: 0.1}\n    fallback: {decision: NO_BID}\n")
+    svc = service(policy_path=policy)
+    svc.refresh()
+
+    def decide(id_type, md5):
+        resp = svc.stub.Decide(pb.DecideRequest(request_id="t", device_ids=[pb.DeviceId(type=id_type, value=md5)]),
+                               timeout=5)
+        return resp.internal.one_id, [(r.strategy_id, r.decision, r.reason) for r in resp.results]
+
+    one_a, results_a = decide(pb.OAID, OAID)
+    one_b, results_b = decide(pb.IMEI, IMEI)
+    assert one_a == stored[pb.OAID].one_id and one_b == stored[pb.IMEI].one_id
+    assert results_a == [("repeat", pb.BID, pb.SCORED)]
+    assert results_b == [("repeat", pb.NO_BID, pb.AUDIENCE_EXCLUDED)]
+
+
+def test_a_yaml_segment_may_not_reuse_a_built_in_segment_name(tmp_path):
+    path = tmp_path / "segments.yaml"
+    path.write_text("segments:\n  vip: [[m_score, '>=', 5]]\n")
+    with pytest.raises(ValueError, match="segment vip: the name of a built-in segment"):
+        tags.load_segments(path)
