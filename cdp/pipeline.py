@@ -23,7 +23,7 @@ from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, segment_sizes
 from .schema import OPTIONAL_TABLES
-from .tags import apply_segments, load_segments, with_segments
+from .tags import apply_segments, load_segments, unattached_events, with_segments
 from .tags import segment_sizes as tag_segment_sizes
 
 META_FILE = "meta.json"  # written by simulate; carries the world's as_of
@@ -76,7 +76,11 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     checked = validate.validate(cfg.input, work, cfg.phone_salt, tables=CDP_TABLES)
     counts = "; ".join(f"{t} {c['in']:,} in = {c['out']:,} out + {c['rejected']:,} rejected"
                        for t, c in checked["tables"].items())
-    stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']})")
+    notes = "".join(f"; {label}: {value}" for label, value in (
+        ("absent optional tables (read as empty)", ", ".join(checked["absent_tables"])),
+        ("absent optional columns (read as null)", checked["absent_columns"]),
+        (f"kept with a warning ({checked['warnings_file']})", checked["warnings"])) if value)
+    stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']}){notes}")
     con = engine.connect(cfg.engine, **cfg.engine_options)
     tables = ingest.read_parquet(con, work)
     guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()))
@@ -90,8 +94,13 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     tagged.to_parquet(work / "tags.parquet")
     res.tags = tagged  # with a segment_{name} flag per YAML segment, which the export carries
     stages.tags = {"lifecycle": _distribution(tagged, "lifecycle"), "segments": tag_segment_sizes(tagged),
+                   "best_store_source": _distribution(tagged, "best_store_source"),
+                   "wecom_events_unattached": unattached_events(tables["wecom_interactions"], res.identifiers,
+                                                                cutoff_ts(as_of)),
                    "file": str(work / "tags.parquet")}
-    stages.done("tags", f"lifecycle {stages.tags['lifecycle']}; segments {stages.tags['segments']}")
+    stages.done("tags", f"lifecycle {stages.tags['lifecycle']}; best store from {stages.tags['best_store_source']}; "
+                f"WeCom events of no known person {stages.tags['wecom_events_unattached']:,}; "
+                f"segments {stages.tags['segments']}")
     stages.ingest = checked
     return con, stages, profiles, index, res, as_of
 

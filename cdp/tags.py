@@ -113,7 +113,7 @@ def _wecom_activity(events: ir.Table, identifiers: ir.Table, cutoff: int) -> ir.
     """[one_id, wecom_chats_30d, last_chat_ts, in_wecom_group] from WeCom interactions, each attached to
     the OneID that holds its external_userid (the `wecom:` identifier); events of an external_userid no
     OneID holds (a junk value, or a friendship not in the inputs) attach to nobody."""
-    e = events.mutate(key="wecom:" + trim(events.external_userid)).join(identifiers, "key")
+    e = _keyed(events).join(identifiers, "key")
     chats = e.filter(e.type == "chat").group_by("one_id").agg(
         wecom_chats_30d=(ibis._.ts >= cutoff - CHAT_DAYS * DAY).sum(), last_chat_ts=ibis._.ts.max())
     g = e.filter(e.type.isin(["group_join", "group_leave"]) & e.group_id.notnull())
@@ -124,6 +124,16 @@ def _wecom_activity(events: ir.Table, identifiers: ir.Table, cutoff: int) -> ir.
     return chats.outer_join(groups, "one_id").select(
         one_id=ibis.coalesce(ibis._.one_id, ibis._.one_id_right), wecom_chats_30d="wecom_chats_30d",
         last_chat_ts="last_chat_ts", in_wecom_group="in_wecom_group")
+
+
+def _keyed(events: ir.Table) -> ir.Table:
+    return events.mutate(key="wecom:" + trim(events.external_userid))
+
+
+def unattached_events(events: ir.Table, identifiers: ir.Table, cutoff: int) -> int:
+    """WeCom interactions before the cutoff whose external_userid no OneID holds: reported, not silently lost."""
+    before = _keyed(events.filter(events.ts < cutoff))
+    return int(before.join(identifiers, "key", how="anti").count().to_pyarrow().as_py())
 
 
 def _store_places(stores: ir.Table, cutoff: int) -> ir.Table:

@@ -429,7 +429,8 @@ def test_wecom_activity_and_store_tags_on_hand_built_people():
     tables["stores"] = pd.DataFrame([[s, "east", city, 30.0, 120.0, CUTOFF - days * DAY]
                                      for s, (city, days) in opened.items()],
                                     columns=["store_id", "region", "city", "lat", "lon", "opened_ts"])
-    _, _, res = profile_tables(ingest.register(engine.connect(), tables), AS_OF, built_ts=1, tags=True)
+    registered = ingest.register(engine.connect(), tables)
+    _, _, res = profile_tables(registered, AS_OF, built_ts=1, tags=True)
     got = res.tags.to_pandas().set_index("one_id")
     ids = one_ids(tables)
     a, b, d, e = (got.loc[ids[r]] for r in ("a", "b", "d", "e"))
@@ -443,7 +444,8 @@ def test_wecom_activity_and_store_tags_on_hand_built_people():
     assert b["wecom_chats_30d"] == 0 and pd.isna(b["days_since_last_chat"]) and not b["in_wecom_group"]
     assert (d["best_store_id"], d["best_store_source"]) == ("s7", "orders") and pd.isna(d["best_store_city"])
     assert pd.isna(e["best_store_id"]) and pd.isna(e["best_store_source"]) and not e["new_store_nearby"]
-    assert int(got["wecom_chats_30d"].sum()) == 2  # the junk and unknown external_userids attached to nobody
+    assert int(got["wecom_chats_30d"].sum()) == 2  # the junk and unknown external_userids attached to nobody ...
+    assert tags.unattached_events(registered["wecom_interactions"], res.identifiers, CUTOFF) == 2  # ... and counted
 
 
 def test_tags_without_the_optional_tables_are_empty_not_missing():
