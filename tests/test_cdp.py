@@ -19,6 +19,7 @@ from cdp.config import CdpConfig, load_config
 from cdp.export import export
 from cdp.pipeline import read_tables, run, run_config
 from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
+from cdp.schema import SCHEMAS
 from rta.v1 import decision_pb2 as pb
 from rta_service import cli, keyspace
 from rta_service.ids import hash_raw
@@ -500,3 +501,16 @@ def test_a_yaml_segment_may_not_reuse_a_built_in_segment_name(tmp_path):
     path.write_text("segments:\n  vip: [[m_score, '>=', 5]]\n")
     with pytest.raises(ValueError, match="segment vip: the name of a built-in segment"):
         tags.load_segments(path)
+
+
+def test_every_input_column_and_tag_is_documented(small_world):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cdp.md").read_text()
+    inputs = doc.split("## Input and validation", 1)[1].split("\n## ", 1)[0]
+    rows = {m[0]: set(re.findall(r"`([a-z_0-9]+)`", m[1]))
+            for m in re.findall(r"^\| `([a-z_]+)`\\?\*? \| (.+) \|$", inputs, flags=re.M)}
+    assert set(rows) == set(SCHEMAS)
+    for table, schema in SCHEMAS.items():
+        assert set(schema.names) <= rows[table], table
+    tag_doc = doc.split("## Tags and segments", 1)[1].split("\n## ", 1)[0]
+    _, _, res = profile_tables(ingest.read_parquet(engine.connect(), small_world), AS_OF, built_ts=1, tags=True)
+    assert {c for c in res.tags.columns if f"`{c}`" not in tag_doc} == {"one_id"}
