@@ -196,7 +196,7 @@ def validate(input_dir: Path, work_dir: Path, phone_salt: str | None = None,
                                 rejects.writerow([str(path), seen + int(row) + 1, name, reason])
                             bad |= mask
                     if table == "stores":  # a store master is small: the ids seen so far fit in a set
-                        for row, store_id in enumerate(columns[0].to_pylist()):
+                        for row, store_id in enumerate(columns[schema.get_field_index("store_id")].to_pylist()):
                             if not bad[row] and store_id in store_seen:
                                 rejects.writerow([str(path), seen + row + 1, "store_id", "duplicate store_id"])
                                 bad[row] = True

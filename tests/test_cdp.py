@@ -19,7 +19,7 @@ from cdp.config import CdpConfig, load_config
 from cdp.export import export
 from cdp.pipeline import read_tables, run, run_config
 from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
-from cdp.schema import SCHEMAS
+from cdp.schema import OPTIONAL_COLUMNS, SCHEMAS
 from rta.v1 import decision_pb2 as pb
 from rta_service import cli, keyspace
 from rta_service.ids import hash_raw
@@ -514,3 +514,19 @@ def test_every_input_column_and_tag_is_documented(small_world):
     tag_doc = doc.split("## Tags and segments", 1)[1].split("\n## ", 1)[0]
     _, _, res = profile_tables(ingest.read_parquet(engine.connect(), small_world), AS_OF, built_ts=1, tags=True)
     assert {c for c in res.tags.columns if f"`{c}`" not in tag_doc} == {"one_id"}
+
+
+def test_a_world_from_before_stores_and_interactions_still_runs(small_world, tmp_path):
+    for name in ("memberships", "membership_devices", "orders", "wecom"):
+        frame = pd.read_parquet(small_world / f"{name}.parquet")
+        frame.drop(columns=list(OPTIONAL_COLUMNS.get(name, ()))).to_parquet(tmp_path / f"{name}.parquet")
+    assert set(read_tables(tmp_path)) == {"memberships", "membership_devices", "orders", "wecom"}
+    tables = ingest.read_parquet(engine.connect(), tmp_path)
+    assert tables["memberships"].columns == tuple(SCHEMAS["memberships"].names)
+    assert tables["stores"].count().to_pyarrow().as_py() == 0
+    _, _, res = profile_tables(tables, AS_OF, built_ts=1, tags=True)
+    tagged = res.tags.to_pandas()
+    assert tagged["order_count"].sum() > 0 and tagged["wecom_friend"].any()
+    assert set(tagged["best_store_source"].dropna()) == {"orders", "wecom"}  # no registration stores in old worlds
+    assert tagged["best_store_city"].isna().all() and not tagged["new_store_nearby"].any()
+    assert tagged["wecom_chats_30d"].sum() == 0 and not tagged["in_wecom_group"].any()
