@@ -16,7 +16,7 @@ from rta_service.settings import SettingsError, format_errors
 
 from .identity import DEFAULT_CAPS
 
-IdentifierKind = Literal["phone", "unionid", "member", "wecom", "buyer", "dev"]
+IdentifierKind = Literal["phone", "unionid", "member", "wecom", "buyer", "openid", "dev"]
 
 
 class CdpConfig(BaseModel):

@@ -41,15 +41,18 @@ BLOCKED_VALUES = frozenset({
 } | BUILTIN_DOUBTFUL)
 ZERO_LIKE = r"^[0\-_.:\s]*$"  # "0000", "00000000-0000-0000-0000-000000000000", ...
 HEX32 = r"^[0-9a-f]{32}$"
-# (table, column) -> identifier kind; buyer ids are only meaningful inside their channel.
+# (table, column) -> identifier kind; buyer ids and WeChat openids (one per app) are only meaningful
+# inside their channel. A member's external_userid is the WeCom friendship's id (kind "wecom").
 IDENTIFIER_COLUMNS = {
-    "memberships": {"member_id": "member", "phone_hash": "phone", "unionid": "unionid", "buyer_id": "buyer"},
+    "memberships": {"member_id": "member", "phone_hash": "phone", "unionid": "unionid", "buyer_id": "buyer",
+                    "openid": "openid", "external_userid": "wecom"},
     "wecom": {"external_userid": "wecom", "unionid": "unionid", "phone_hash": "phone"},
 }
 RECORD_ID = {"memberships": "record_id", "wecom": "friendship_id"}
 RECORD_TS = {"memberships": "created_ts", "wecom": "added_ts"}
 NODE_PREFIX = {"memberships": "m:", "wecom": "w:"}
 _LOWER_KINDS = {"phone"}
+_PER_CHANNEL_KINDS = {"buyer", "openid"}
 ONE_ID_PREFIX = "rta-oneid-v1:"
 MAX_ROUNDS = 64
 
@@ -59,7 +62,7 @@ class ClusterTooLarge(RuntimeError):
 
 
 # "dev" caps each device ID type (IMEI, OAID, IDFA, ...) separately.
-DEFAULT_CAPS = (("phone", 2), ("unionid", 2), ("member", 6), ("wecom", 8), ("buyer", 6), ("dev", 6))
+DEFAULT_CAPS = (("phone", 2), ("unionid", 2), ("member", 6), ("wecom", 8), ("buyer", 6), ("openid", 6), ("dev", 6))
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def edges(tables: dict[str, ir.Table]) -> ir.Table:
         for column, kind in columns.items():
             value = trim(t[column])
             value = value.lower() if kind in _LOWER_KINDS else value
-            prefix = ibis.literal(f"{kind}:") if kind != "buyer" else "buyer:" + t["channel"] + ":"
+            prefix = ibis.literal(f"{kind}:") if kind not in _PER_CHANNEL_KINDS else f"{kind}:" + t["channel"] + ":"
             parts.append(t.filter(usable(t[column])).select(node=_node(name, t), key=prefix + value,
                                                             ts=t[RECORD_TS[name]].cast("int64")))
     m, d = tables["memberships"], tables["membership_devices"]

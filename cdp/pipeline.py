@@ -22,19 +22,22 @@ from .identity import Guardrails, change_log, changes
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, segment_sizes
-from .tags import apply_segments, load_segments
+from .schema import OPTIONAL_TABLES
+from .tags import apply_segments, load_segments, unattached_events, with_segments
 from .tags import segment_sizes as tag_segment_sizes
 
 META_FILE = "meta.json"  # written by simulate; carries the world's as_of
 
 
 def read_tables(input_dir: Path, names: tuple[str, ...] = CDP_TABLES) -> dict[str, pd.DataFrame]:
-    """{name: DataFrame} from `{input_dir}/{name}.parquet`."""
+    """{name: DataFrame} from `{input_dir}/{name}.parquet`; absent optional tables are left out
+    (cdp.ingest.register supplies them empty)."""
     input_dir = Path(input_dir)
-    missing = [n for n in names if not (input_dir / f"{n}.parquet").exists()]
+    present = [n for n in names if (input_dir / f"{n}.parquet").exists()]
+    missing = [n for n in names if n not in present and n not in OPTIONAL_TABLES]
     if missing:
         raise FileNotFoundError(f"{input_dir}: missing {', '.join(f'{n}.parquet' for n in missing)}")
-    return {n: pd.read_parquet(input_dir / f"{n}.parquet") for n in names}
+    return {n: pd.read_parquet(input_dir / f"{n}.parquet") for n in present}
 
 
 def world_as_of(input_dir: Path, as_of: dt.date | None = None) -> dt.date:
@@ -73,7 +76,11 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     checked = validate.validate(cfg.input, work, cfg.phone_salt, tables=CDP_TABLES)
     counts = "; ".join(f"{t} {c['in']:,} in = {c['out']:,} out + {c['rejected']:,} rejected"
                        for t, c in checked["tables"].items())
-    stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']})")
+    notes = "".join(f"; {label}: {value}" for label, value in (
+        ("absent optional tables (read as empty)", ", ".join(checked["absent_tables"])),
+        ("absent optional columns (read as null)", checked["absent_columns"]),
+        (f"kept with a warning ({checked['warnings_file']})", checked["warnings"])) if value)
+    stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']}){notes}")
     con = engine.connect(cfg.engine, **cfg.engine_options)
     tables = ingest.read_parquet(con, work)
     guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()))
@@ -85,9 +92,15 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     segments = load_segments(cfg.segments_file) if cfg.segments_file else {}
     tagged = apply_segments(res.tags, segments)
     tagged.to_parquet(work / "tags.parquet")
+    res.tags = tagged  # with a segment_{name} flag per YAML segment, which the export carries
     stages.tags = {"lifecycle": _distribution(tagged, "lifecycle"), "segments": tag_segment_sizes(tagged),
+                   "best_store_source": _distribution(tagged, "best_store_source"),
+                   "wecom_events_unattached": unattached_events(tables["wecom_interactions"], res.identifiers,
+                                                                cutoff_ts(as_of)),
                    "file": str(work / "tags.parquet")}
-    stages.done("tags", f"lifecycle {stages.tags['lifecycle']}; segments {stages.tags['segments']}")
+    stages.done("tags", f"lifecycle {stages.tags['lifecycle']}; best store from {stages.tags['best_store_source']}; "
+                f"WeCom events of no known person {stages.tags['wecom_events_unattached']:,}; "
+                f"segments {stages.tags['segments']}")
     stages.ingest = checked
     return con, stages, profiles, index, res, as_of
 
@@ -127,7 +140,7 @@ def _compare_with_last_run(con, state_dir: Path, res) -> dict | None:
 def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Build profiles as configured and export them as a new generation; returns a summary."""
     con, stages, profile_t, index_t, res, as_of = build(cfg, progress)
-    profiles, index = to_frame(profile_t), index_frame(index_t)
+    profiles, index = with_segments(to_frame(profile_t), res.tags), index_frame(index_t)
     n_records = res.records.count().to_pyarrow().as_py()
     segments = segment_sizes(profile_t)
     stages.done("collect", f"{len(profiles):,} profiles, {len(index):,} device IDs")

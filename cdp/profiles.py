@@ -48,6 +48,8 @@ def before(tables: dict[str, ir.Table], cutoff: int) -> dict[str, ir.Table]:
         "membership_devices": tables["membership_devices"].join(ids, "record_id", how="semi"),
         "orders": tables["orders"].filter(ibis._.ts < cutoff).join(ids, "record_id", how="semi"),
         "wecom": tables["wecom"].filter(ibis._.added_ts < cutoff),
+        "wecom_interactions": tables["wecom_interactions"].filter(ibis._.ts < cutoff),
+        "stores": tables["stores"].filter(ibis._.opened_ts < cutoff),
     }
 
 
@@ -153,7 +155,7 @@ def build_profiles(tables: dict[str, pd.DataFrame], as_of: dt.date, built_ts: in
     """(profiles with COLUMNS, device index [id_type, md5, one_id]) from in-memory frames, on `con`
     (default: a fresh in-process DuckDB)."""
     con = con or engine.connect()
-    needed = {name: tables[name] for name in ingest.CDP_TABLES}
+    needed = {name: tables[name] for name in ingest.CDP_TABLES if name in tables}
     profiles, index, res = profile_tables(ingest.register(con, needed), as_of, built_ts)
     out = to_frame(profiles), index_frame(index)
     res.release()

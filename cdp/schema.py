@@ -1,4 +1,4 @@
-"""The CDP's input tables: columns and types, the one definition docs/specs/cdp-input.md describes."""
+"""The CDP's input tables: columns and types, the one definition docs/cdp.md describes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import ibis
 SCHEMAS: dict[str, ibis.Schema] = {
     "memberships": ibis.schema({
         "record_id": "string", "channel": "string", "created_ts": "int64", "is_member": "boolean",
-        "member_id": "string", "phone_hash": "string", "unionid": "string", "buyer_id": "string"}),
+        "member_id": "string", "phone_hash": "string", "unionid": "string", "buyer_id": "string",
+        "openid": "string", "external_userid": "string", "store_id": "string"}),
     "membership_devices": ibis.schema({"record_id": "string", "id_type": "int8", "value_md5": "string"}),
     "orders": ibis.schema({
         "order_id": "string", "record_id": "string", "channel": "string", "store_id": "string", "ts": "int64",
@@ -15,4 +16,16 @@ SCHEMAS: dict[str, ibis.Schema] = {
     "wecom": ibis.schema({
         "friendship_id": "string", "external_userid": "string", "unionid": "string", "phone_hash": "string",
         "guide_id": "string", "store_id": "string", "added_ts": "int64", "removed_ts": "int64"}),
+    "wecom_interactions": ibis.schema({
+        "event_id": "string", "external_userid": "string", "guide_id": "string", "type": "string", "ts": "int64",
+        "group_id": "string"}),
+    "stores": ibis.schema({
+        "store_id": "string", "region": "string", "city": "string", "lat": "float64", "lon": "float64",
+        "opened_ts": "int64"}),
 }
+# Tables an input directory may lack (older worlds): read as empty, and the run says so.
+OPTIONAL_TABLES = ("wecom_interactions", "stores")
+# Columns added after the first version of a table: when the file lacks them they are read as all null
+# (and the run says so). Every other column must be present, so a misspelt header is an error, not nulls.
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"memberships": ("openid", "external_userid", "store_id")}
+INTERACTION_TYPES = ("friend_add", "friend_remove", "chat", "group_join", "group_leave")

@@ -8,7 +8,15 @@ Tags (one row per OneID, as of the cutoff):
     top_category, top_channel  most frequent in the person's orders (ties: the smaller name)
     top_hour, top_weekday  local (UTC+8) hour 0-23 and ISO weekday 1-7 most ordered in
     wecom_friend, guide_id, wecom_store_id  the latest still-active friendship's guide and store
-    best_store_id          the store most ordered in (ties: the latest order), else the WeCom store
+    wecom_chats_30d        chats in the WeCom interactions of the last 30 days (0 without any)
+    days_since_last_chat   whole days since the latest chat; null without any
+    in_wecom_group         in at least one WeCom group: the latest join/leave event of some group is a join
+    best_store_id, best_store_source  the store most ordered in (ties: the latest order; source "orders"),
+                           else the latest active friendship's store ("wecom"), else the registration
+                           store of the latest store-channel membership ("registration")
+    best_store_region, best_store_city  of the best store, from the stores table (null if unknown there)
+    new_store_id, new_store_nearby  the latest store opened in the best store's city within the last
+                           NEW_STORE_DAYS days before the cutoff, and whether there is one
 
 Segments file (YAML): a mapping of segment name to a list of conditions that must all hold:
     segments:
@@ -25,12 +33,16 @@ from pathlib import Path
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
+import pandas as pd
 import yaml
 
-from .identity import Resolution
-from .profiles import DAY, TZ
+from .identity import Resolution, trim
+from .profiles import DAY, SEGMENTS, TZ
 
 TZ_OFFSET_S = int(TZ.utcoffset(None).total_seconds())
+CHAT_DAYS = 30
+NEW_STORE_DAYS = 60
 OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "between", "is_null", "not_null")
 
 
@@ -61,14 +73,25 @@ def tag_table(t: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutof
     stores = o.filter(o.store_id.notnull()).group_by(["one_id", "store_id"]).agg(n=ibis._.count(), last=o.ts.max())
     best = ibis.row_number().over(group_by="one_id", order_by=[ibis.desc("n"), ibis.desc("last"), "store_id"])
     stores = stores.mutate(r=best).filter(ibis._.r == 0).select("one_id", order_store_id="store_id")
+    m = t["memberships"].join(m_one, "record_id")
+    m = m.filter(m.store_id.notnull() & (m.channel == "store"))
+    latest_m = ibis.row_number().over(group_by="one_id", order_by=[ibis.desc("created_ts"), "record_id"])
+    registered = m.mutate(r=latest_m).filter(ibis._.r == 0).select("one_id", registration_store_id="store_id")
 
     buyers = profiles.filter(profiles.order_count > 0)
     rfm = buyers.select("one_id", r_score=_quintile(buyers, "last_order_ts"), f_score=_quintile(buyers, "order_count"),
                         m_score=_quintile(buyers, "monetary_fen"))
     p = profiles.select("one_id", "order_count", "last_order_ts", "monetary_fen", "wecom_friend", "is_member")
     for part in (rfm, _top(o, "category", "top_category"), _top(o, "channel", "top_channel"),
-                 _top(o, "hour", "top_hour"), _top(o, "weekday", "top_weekday"), friend, stores):
-        p = p.left_join(part, "one_id")
+                 _top(o, "hour", "top_hour"), _top(o, "weekday", "top_weekday"), friend, stores, registered,
+                 _wecom_activity(t["wecom_interactions"], res.identifiers, cutoff)):
+        p = p.left_join(part, "one_id").select(*p.columns, *(c for c in part.columns if c != "one_id"))
+    best_store = ibis.coalesce(p.order_store_id, p.wecom_store_id, p.registration_store_id)
+    source = ibis.cases((p.order_store_id.notnull(), "orders"), (p.wecom_store_id.notnull(), "wecom"),
+                        (p.registration_store_id.notnull(), "registration"), else_=ibis.null("string"))
+    p = p.mutate(best_store_id=best_store, best_store_source=source)
+    places = _store_places(t["stores"], cutoff)
+    p = p.left_join(places, p.best_store_id == places.place_store_id)
     count = p.order_count
     return p.select(
         "one_id", "is_member", "order_count", "monetary_fen", "wecom_friend",
@@ -77,8 +100,50 @@ def tag_table(t: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutof
         r_score=p.r_score.fill_null(0), f_score=p.f_score.fill_null(0), m_score=p.m_score.fill_null(0),
         top_category="top_category", top_channel="top_channel", top_hour="top_hour", top_weekday="top_weekday",
         guide_id="guide_id", wecom_store_id="wecom_store_id",
-        best_store_id=ibis.coalesce(p.order_store_id, p.wecom_store_id),
+        wecom_chats_30d=p.wecom_chats_30d.fill_null(0).cast("int64"),
+        days_since_last_chat=(cutoff - p.last_chat_ts) // DAY,
+        in_wecom_group=p.in_wecom_group.fill_null(False),
+        best_store_id="best_store_id", best_store_source="best_store_source",
+        best_store_region="region", best_store_city="city",
+        new_store_id="new_store_id", new_store_nearby=p.new_store_id.notnull(),
     )
+
+
+def _wecom_activity(events: ir.Table, identifiers: ir.Table, cutoff: int) -> ir.Table:
+    """[one_id, wecom_chats_30d, last_chat_ts, in_wecom_group] from WeCom interactions, each attached to
+    the OneID that holds its external_userid (the `wecom:` identifier); events of an external_userid no
+    OneID holds (a junk value, or a friendship not in the inputs) attach to nobody."""
+    e = _keyed(events).join(identifiers, "key")
+    chats = e.filter(e.type == "chat").group_by("one_id").agg(
+        wecom_chats_30d=(ibis._.ts >= cutoff - CHAT_DAYS * DAY).sum(), last_chat_ts=ibis._.ts.max())
+    g = e.filter(e.type.isin(["group_join", "group_leave"]) & e.group_id.notnull())
+    # On a tie the leave counts as the later event ("group_leave" sorts after "group_join").
+    latest = ibis.row_number().over(group_by=["one_id", "group_id"], order_by=[ibis.desc("ts"), ibis.desc("type")])
+    groups = g.mutate(r=latest).filter(ibis._.r == 0).group_by("one_id").agg(
+        in_wecom_group=(ibis._.type == "group_join").any())
+    return chats.outer_join(groups, "one_id").select(
+        one_id=ibis.coalesce(ibis._.one_id, ibis._.one_id_right), wecom_chats_30d="wecom_chats_30d",
+        last_chat_ts="last_chat_ts", in_wecom_group="in_wecom_group")
+
+
+def _keyed(events: ir.Table) -> ir.Table:
+    return events.mutate(key="wecom:" + trim(events.external_userid))
+
+
+def unattached_events(events: ir.Table, identifiers: ir.Table, cutoff: int) -> int:
+    """WeCom interactions before the cutoff whose external_userid no OneID holds: reported, not silently lost."""
+    before = _keyed(events.filter(events.ts < cutoff))
+    return int(before.join(identifiers, "key", how="anti").count().to_pyarrow().as_py())
+
+
+def _store_places(stores: ir.Table, cutoff: int) -> ir.Table:
+    """[place_store_id, region, city, new_store_id] per store open before the cutoff: its region and city,
+    and the latest store opened in that city in the NEW_STORE_DAYS days before the cutoff (null if none)."""
+    recent = stores.filter(stores.opened_ts >= cutoff - NEW_STORE_DAYS * DAY)
+    newest = ibis.row_number().over(group_by="city", order_by=[ibis.desc("opened_ts"), ibis.desc("store_id")])
+    recent = recent.mutate(r=newest).filter(ibis._.r == 0).select(new_city="city", new_store_id="store_id")
+    places = stores.left_join(recent, stores.city == recent.new_city)
+    return places.select(place_store_id="store_id", region="region", city="city", new_store_id="new_store_id")
 
 
 def load_segments(path: Path) -> dict[str, list]:
@@ -90,6 +155,8 @@ def load_segments(path: Path) -> dict[str, list]:
     for name, conditions in segments.items():
         if not isinstance(conditions, list) or not conditions:
             raise ValueError(f"{path}: segment {name}: expected a list of [tag, op, value] conditions")
+        if name in SEGMENTS:
+            raise ValueError(f"{path}: segment {name}: the name of a built-in segment ({', '.join(SEGMENTS)})")
         for cond in conditions:
             if not isinstance(cond, list) or len(cond) not in (2, 3) or cond[1] not in OPS:
                 raise ValueError(f"{path}: segment {name}: bad condition {cond!r} (ops: {', '.join(OPS)})")
@@ -128,3 +195,17 @@ def segment_sizes(tagged: ir.Table) -> dict[str, int]:
         return {}
     row = tagged.aggregate(**{c.removeprefix("segment_"): tagged[c].cast("int64").sum() for c in flags})
     return {k: int(v or 0) for k, v in row.to_pyarrow().to_pylist()[0].items()}
+
+
+def with_segments(profiles: pd.DataFrame, tagged: ir.Table) -> pd.DataFrame:
+    """profiles (cdp.profiles.to_frame) with the YAML segments each person is in appended to the fixed
+    `segments`, in the segments file's order: what the Redis profile carries for policy audiences."""
+    flags = [c for c in tagged.columns if c.startswith("segment_")]
+    if not flags:
+        return profiles
+    member = tagged.filter(ibis.or_(*(tagged[c] for c in flags))).select("one_id", *flags).to_pandas()
+    names = np.array([c.removeprefix("segment_") for c in flags], dtype=object)
+    extra = dict(zip(member["one_id"], (tuple(names[row]) for row in member[flags].to_numpy(dtype=bool)),
+                     strict=True))
+    return profiles.assign(segments=[fixed + extra.get(one_id, ()) for one_id, fixed
+                                     in zip(profiles["one_id"], profiles["segments"], strict=True)])

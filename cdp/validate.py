@@ -10,6 +10,12 @@ rows in = rows out + rows rejected, per table, always.
 Phone numbers: a `phone_hash` that is a raw phone number (digits, optional +, 11-15 long) is refused
 unless a `phone_salt` is given, in which case it is replaced by md5(salt + digits) before anything
 else sees it.
+
+Optional inputs (cdp.schema.OPTIONAL_TABLES, OPTIONAL_COLUMNS) may be absent: an absent table is
+written empty and an absent column as nulls, and the result lists both. References to stores
+(`store_id` of orders, memberships and friendships) are checked against the stores table when there
+is one: a row naming an unknown store is kept (an order is revenue whether or not the store master
+is complete) and written to `{work}/warnings.csv` (file, row, field, reason), and counted.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import pyarrow.parquet as pq
 
 from rta_service import keyspace
 
-from .schema import SCHEMAS
+from .schema import INTERACTION_TYPES, OPTIONAL_COLUMNS, OPTIONAL_TABLES, SCHEMAS
 
 CHANNELS = ("store", "miniprogram", "app", "tmall", "jd", "douyin")
 REQUIRED = {
@@ -34,9 +40,14 @@ REQUIRED = {
     "membership_devices": ("record_id", "id_type", "value_md5"),
     "orders": ("order_id", "record_id", "channel", "ts", "amount_fen"),
     "wecom": ("friendship_id", "external_userid", "guide_id", "store_id", "added_ts", "removed_ts"),
+    "wecom_interactions": ("event_id", "external_userid", "guide_id", "type", "ts"),
+    "stores": ("store_id", "city", "opened_ts"),
 }
+STORE_REFERENCES = ("memberships", "orders", "wecom")  # tables whose store_id should name a known store
+RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
 RAW_PHONE = r"^\s*\+?[0-9]{11,15}\s*$"
 INT_TEXT = r"^\s*-?[0-9]+\s*$"
+FLOAT_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "t": True, "f": False}
 BATCH_ROWS = 1 << 16
 
@@ -45,27 +56,40 @@ class InputError(ValueError):
     """An input file that cannot be read at all (missing, wrong columns)."""
 
 
-def _source(input_dir: Path, table: str) -> Path:
+def _source(input_dir: Path, table: str) -> Path | None:
+    """The table's file; None for an absent optional table."""
     for ext in ("parquet", "csv"):
         path = Path(input_dir) / f"{table}.{ext}"
         if path.exists():
             return path
+    if table in OPTIONAL_TABLES:
+        return None
     raise InputError(f"{input_dir}: missing {table}.parquet or {table}.csv")
 
 
-def _batches(path: Path, table: str):
+def _open(path: Path, table: str) -> tuple[list[str], object]:
+    """(the schema's columns the file lacks, an iterator of its record batches). Only columns of
+    OPTIONAL_COLUMNS may be lacking; any other is an InputError."""
     schema = SCHEMAS[table]
     if path.suffix == ".csv":
         types = {name: pa.string() for name in schema.names}
         reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=8 << 20),
                                 convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
-        yield from reader
-        return
-    file = pq.ParquetFile(path)
-    missing = [n for n in schema.names if n not in file.schema_arrow.names]
+        names, batches = reader.schema.names, reader
+    else:
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
+        batches = file.iter_batches(batch_size=BATCH_ROWS, columns=[n for n in schema.names if n in names])
+    absent = [n for n in schema.names if n not in names]
+    missing = [n for n in absent if n not in OPTIONAL_COLUMNS.get(table, ())]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
-    yield from file.iter_batches(batch_size=BATCH_ROWS, columns=list(schema.names))
+    return absent, batches
+
+
+def _column(batch: pa.RecordBatch, name: str) -> pa.Array:
+    index = batch.schema.get_field_index(name)
+    return batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, pa.string())
 
 
 def _check_column(table: str, name: str, col: pa.Array,
@@ -79,6 +103,10 @@ def _check_column(table: str, name: str, col: pa.Array,
         if pa.types.is_integer(want):
             ok = pc.fill_null(pc.match_substring_regex(text, INT_TEXT), True)
             problems.append((~ok.to_numpy(zero_copy_only=False), "not an integer"))
+            col = pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), None), want)
+        elif pa.types.is_floating(want):
+            ok = pc.fill_null(pc.match_substring_regex(text, FLOAT_TEXT), True)
+            problems.append((~ok.to_numpy(zero_copy_only=False), "not a number"))
             col = pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), None), want)
         elif pa.types.is_boolean(want):
             lowered = pc.utf8_lower(pc.utf8_trim_whitespace(text))
@@ -96,7 +124,15 @@ def _check_column(table: str, name: str, col: pa.Array,
         known = pa.array(sorted(keyspace.TYPE_CODES), pa.int64())
         problems.append((~pc.fill_null(pc.is_in(pc.cast(col, pa.int64()), known), True).to_numpy(zero_copy_only=False),
                          "unknown device id type"))
-    if name in ("created_ts", "ts", "added_ts"):
+    if name == "type" and table == "wecom_interactions":
+        problems.append((~pc.fill_null(pc.is_in(col, pa.array(INTERACTION_TYPES)), True).to_numpy(
+            zero_copy_only=False), f"unknown type (expected one of {', '.join(INTERACTION_TYPES)})"))
+    if name in RANGES:
+        low, high = RANGES[name]
+        value = pc.cast(col, pa.float64())
+        out = pc.or_(pc.or_(pc.less(value, low), pc.greater(value, high)), pc.is_nan(value))
+        problems.append((pc.fill_null(out, False).to_numpy(zero_copy_only=False), f"out of range [{low:g}, {high:g}]"))
+    if name in ("created_ts", "ts", "added_ts", "opened_ts"):
         problems.append((pc.fill_null(pc.less_equal(col, 0), False).to_numpy(zero_copy_only=False),
                          "timestamp must be > 0 (unix seconds)"))
     if name in ("amount_fen", "removed_ts"):
@@ -112,33 +148,77 @@ def _check_column(table: str, name: str, col: pa.Array,
     return pc.cast(col, want), problems
 
 
+def _csv_writer(file):
+    writer = csv.writer(file)
+    writer.writerow(["file", "row", "field", "reason"])
+    return writer
+
+
+def _store_ids(work_dir: Path) -> pa.Array:
+    return pc.unique(pq.read_table(work_dir / "stores.parquet", columns=["store_id"]).column("store_id"))
+
+
 def validate(input_dir: Path, work_dir: Path, phone_salt: str | None = None,
              tables: tuple[str, ...] = tuple(SCHEMAS)) -> dict:
-    """Write clean Parquet for `tables` to work_dir and bad rows to work_dir/rejects.csv; returns counts."""
+    """Write clean Parquet for `tables` to work_dir, bad rows to work_dir/rejects.csv and kept rows that
+    name an unknown store to work_dir/warnings.csv; returns counts per table, absent optional tables and
+    columns, and warning counts per `table.field`."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, dict[str, int]] = {}
-    with open(work_dir / "rejects.csv", "w", newline="", encoding="utf-8") as rejects_file:
-        rejects = csv.writer(rejects_file)
-        rejects.writerow(["file", "row", "field", "reason"])
-        for table in tables:
+    absent_tables: list[str] = []
+    absent_columns: dict[str, list[str]] = {}
+    warned: dict[str, int] = {}
+    known_stores = None
+    with open(work_dir / "rejects.csv", "w", newline="", encoding="utf-8") as rejects_file, \
+            open(work_dir / "warnings.csv", "w", newline="", encoding="utf-8") as warnings_file:
+        rejects, warnings = _csv_writer(rejects_file), _csv_writer(warnings_file)
+        for table in sorted(tables, key=lambda t: t != "stores"):  # stores first: the others refer to it
             path = _source(input_dir, table)
             schema = SCHEMAS[table].to_pyarrow()
             seen = kept = 0
+            absent, batches = _open(path, table) if path is not None else ([], ())
+            if path is None:
+                absent_tables.append(table)
+            if absent:
+                absent_columns[table] = absent
+            check_store = known_stores is not None and table in STORE_REFERENCES
+            store_seen: set[str] = set()
             with pq.ParquetWriter(work_dir / f"{table}.parquet", schema) as writer:
-                for batch in _batches(path, table):
+                for batch in batches:
                     bad = np.zeros(batch.num_rows, dtype=bool)
                     columns = []
                     for name in schema.names:
-                        col, problems = _check_column(table, name, batch.column(name), phone_salt)
+                        col, problems = _check_column(table, name, _column(batch, name), phone_salt)
                         columns.append(col)
                         for mask, reason in problems:
                             for row in np.flatnonzero(mask & ~bad):
                                 rejects.writerow([str(path), seen + int(row) + 1, name, reason])
                             bad |= mask
-                    good = pa.RecordBatch.from_arrays(columns, schema=schema).filter(pa.array(~bad))
+                    if table == "stores":  # a store master is small: the ids seen so far fit in a set
+                        for row, store_id in enumerate(columns[schema.get_field_index("store_id")].to_pylist()):
+                            if not bad[row] and store_id in store_seen:
+                                rejects.writerow([str(path), seen + row + 1, "store_id", "duplicate store_id"])
+                                bad[row] = True
+                            elif not bad[row]:
+                                store_seen.add(store_id)
+                    good = pa.RecordBatch.from_arrays(columns, schema=schema)
+                    if check_store:
+                        store = good.column(schema.get_field_index("store_id"))
+                        unknown = pc.and_(pc.is_valid(store), pc.invert(pc.is_in(store, known_stores)))
+                        unknown = unknown.to_numpy(zero_copy_only=False) & ~bad
+                        for row in np.flatnonzero(unknown):
+                            warnings.writerow([str(path), seen + int(row) + 1, "store_id",
+                                               "unknown store (not in stores); row kept"])
+                        if unknown.any():
+                            field = f"{table}.store_id"
+                            warned[field] = warned.get(field, 0) + int(unknown.sum())
+                    good = good.filter(pa.array(~bad))
                     writer.write_batch(good)
                     seen += batch.num_rows
                     kept += good.num_rows
             counts[table] = {"in": seen, "out": kept, "rejected": seen - kept}
-    return {"tables": counts, "rejects_file": str(work_dir / "rejects.csv")}
+            if table == "stores" and path is not None:
+                known_stores = _store_ids(work_dir)
+    return {"tables": counts, "rejects_file": str(work_dir / "rejects.csv"), "absent_tables": absent_tables,
+            "absent_columns": absent_columns, "warnings": warned, "warnings_file": str(work_dir / "warnings.csv")}

@@ -59,7 +59,7 @@ def make_people(rng: np.random.Generator, n: int, cutoff: int) -> pd.DataFrame:
         "unionid": _hex(rng, n, "oWx"),
         "member_id": [f"M{x:010d}" for x in rng.integers(0, 10**10, n)],
         "external_userid": _hex(rng, n, "wm"),
-        "home_store": rng.integers(0, max(5, n // 400), n),
+        "home_store": rng.integers(0, store_count(n), n),
     })
 
 
@@ -168,3 +168,90 @@ def make_wecom(rng: np.random.Generator, people: pd.DataFrame, member: np.ndarra
         "removed_ts": removed.astype(np.int64),
         "person": fp,
     })
+
+
+# Stores: (region, city, latitude, longitude of the city centre). A store lies within a few km of it.
+CITIES = (("east", "Shanghai", 31.23, 121.47), ("east", "Hangzhou", 30.27, 120.15), ("east", "Nanjing", 32.06, 118.80),
+          ("north", "Beijing", 39.90, 116.41), ("north", "Tianjin", 39.13, 117.20),
+          ("south", "Guangzhou", 23.13, 113.26), ("south", "Shenzhen", 22.54, 114.06),
+          ("west", "Chengdu", 30.57, 104.07), ("west", "Chongqing", 29.56, 106.55))
+_P_CITY = np.array([0.2, 0.1, 0.08, 0.18, 0.06, 0.12, 0.12, 0.08, 0.06])
+NEW_STORE_DAYS = 120  # new stores opened within this many days before the cutoff
+
+
+def store_count(people: int) -> int:
+    """Stores that are someone's home store (ids s0000 ..); make_people draws home stores among them."""
+    return max(5, people // 400)
+
+
+def make_stores(rng: np.random.Generator, homes: int, cutoff: int) -> pd.DataFrame:
+    """The store master: `homes` established stores (opened 4.5 to 14 years ago, before any history) and
+    about one new store per five, opened in the last NEW_STORE_DAYS days (the first in the last 45) in the
+    established stores' cities."""
+    new = max(2, homes // 5)
+    city = rng.choice(len(CITIES), homes, p=_P_CITY)
+    city = np.r_[city, rng.choice(city, new)]
+    days = np.r_[rng.uniform(1650, 5000, homes), rng.uniform(1, 45), rng.uniform(1, NEW_STORE_DAYS, new - 1)]
+    region, name, lat, lon = (np.array([c[i] for c in CITIES], dtype=object) for i in range(4))
+    return pd.DataFrame({
+        "store_id": [f"s{s:04d}" for s in range(homes + new)],
+        "region": region[city], "city": name[city],
+        "lat": np.round(lat[city].astype(float) + rng.normal(0, 0.05, len(city)), 5),
+        "lon": np.round(lon[city].astype(float) + rng.normal(0, 0.05, len(city)), 5),
+        "opened_ts": cutoff - (days * DAY).astype(np.int64),
+    })
+
+
+def add_member_wechat_wecom(rng: np.random.Generator, accounts: pd.DataFrame, people: pd.DataFrame,
+                            wecom: pd.DataFrame) -> pd.DataFrame:
+    """accounts plus `openid` (the WeChat openid of the mini-program, and of the app for WeChat logins;
+    one per person and app), `external_userid` (60% of the store and mini-program accounts of people with
+    a WeCom friendship: the CRM recorded the link) and `store_id` (store accounts: the registration store)."""
+    m = len(accounts)
+    ch, person = accounts["channel_code"].to_numpy(), accounts["person"].to_numpy()
+    none = np.full(m, None, dtype=object)
+    wechat = (ch == MINIPROGRAM) | ((ch == APP) & pd.notna(accounts["unionid"]).to_numpy())
+    openid = np.where(wechat, _hex(rng, m, "oMP"), none)
+    openid[ch == APP] = np.where(wechat[ch == APP], _hex(rng, int((ch == APP).sum()), "oAP"), None)
+    friend = np.isin(person, wecom["person"].to_numpy())
+    linked = friend & ((ch == STORE) | (ch == MINIPROGRAM)) & (rng.random(m) < 0.6)
+    external = people["external_userid"].to_numpy(dtype=object)[person]
+    home = np.array([f"s{s:04d}" for s in people["home_store"].to_numpy()[person]], dtype=object)
+    return accounts.assign(openid=_junk(rng, openid), external_userid=_junk(rng, np.where(linked, external, none)),
+                           store_id=np.where(ch == STORE, home, none))
+
+
+def make_wecom_interactions(rng: np.random.Generator, people: pd.DataFrame, wecom: pd.DataFrame,
+                            cutoff: int) -> pd.DataFrame:
+    """What WeCom's API reports per friendship, all before the cutoff: friend_add and friend_remove at the
+    friendship's times, chats (more for more active people, most of them recent) while friends, and for
+    35% a join of the store's customer group, left again by a quarter of them."""
+    added, removed = wecom["added_ts"].to_numpy(), wecom["removed_ts"].to_numpy()
+    end = np.where(removed > 0, removed, cutoff)
+    person = wecom["person"].to_numpy()
+    external = people["external_userid"].to_numpy(dtype=object)[person]
+    guide, store = wecom["guide_id"].to_numpy(dtype=object), wecom["store_id"].to_numpy(dtype=object)
+    parts = [(np.arange(len(wecom)), added, "friend_add")]
+    gone = np.nonzero(removed > 0)[0]
+    parts.append((gone, removed[gone], "friend_remove"))
+    chats = rng.poisson(1 + 2 * people["activity"].to_numpy()[person])
+    f = np.repeat(np.arange(len(wecom)), chats)
+    ago = rng.exponential(60 * DAY, len(f)).astype(np.int64)
+    keep = end[f] - 1 - ago > added[f]
+    f, ago = f[keep], ago[keep]
+    parts.append((f, end[f] - 1 - ago, "chat"))
+    joined = np.nonzero(rng.random(len(wecom)) < 0.35)[0]
+    join_ts = added[joined] + (rng.random(len(joined)) * (end[joined] - added[joined])).astype(np.int64)
+    parts.append((joined, join_ts, "group_join"))
+    left = rng.random(len(joined)) < 0.25
+    leave_ts = join_ts[left] + (rng.random(int(left.sum())) * (end[joined][left] - join_ts[left])).astype(np.int64)
+    parts.append((joined[left], leave_ts, "group_leave"))
+    rows = np.concatenate([p[0] for p in parts])
+    kind = np.concatenate([np.full(len(p[0]), p[2], dtype=object) for p in parts])
+    group = np.where(np.isin(kind, ["group_join", "group_leave"]), "grp-" + store[rows], None)
+    events = pd.DataFrame({
+        "external_userid": external[rows], "guide_id": guide[rows], "type": kind,
+        "ts": np.concatenate([p[1] for p in parts]).astype(np.int64), "group_id": group,
+    }).sort_values(["ts", "external_userid", "type"], kind="stable", ignore_index=True)
+    events.insert(0, "event_id", [f"e{i:09d}" for i in range(len(events))])
+    return events

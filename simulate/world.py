@@ -73,6 +73,13 @@ def simulate(out_dir: Path, people: int = 20000, seed: int = 7, as_of: dt.date |
     propensity = traffic_mod.exposure_propensity(rng, exposures, device_person, os, logit)
     conversions = traffic_mod.make_conversions(rng, exposures, propensity)
 
+    # Stores, WeCom interactions and the newer membership columns draw from their own stream, so the
+    # tables above stay as they were before these were added.
+    extra = np.random.default_rng([seed, 1])
+    stores = history.make_stores(extra, history.store_count(people), cutoff)
+    accounts = history.add_member_wechat_wecom(extra, accounts, ppl, wecom)
+    interactions = history.make_wecom_interactions(extra, ppl, wecom, cutoff)
+
     audience = _audience(member, order_count, last_order, cutoff)
     owner = np.r_[device_person, np.full(n_unknown, -1)]
     known_md5 = account_devices.loc[~account_devices["value_md5"].isin(BUILTIN_DOUBTFUL), "value_md5"]
@@ -82,6 +89,8 @@ def simulate(out_dir: Path, people: int = 20000, seed: int = 7, as_of: dt.date |
         "membership_devices": account_devices,
         "orders": orders.drop(columns=["person"]),
         "wecom": wecom.drop(columns=["person"]),
+        "wecom_interactions": interactions,
+        "stores": stores,
         "devices": devices,
         "traffic": exposures,
         "conversions": conversions,

@@ -17,8 +17,9 @@ import redis
 from cdp import engine, identity, ingest, tags
 from cdp.config import CdpConfig, load_config
 from cdp.export import export
-from cdp.pipeline import read_tables, run
+from cdp.pipeline import read_tables, run, run_config
 from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
+from cdp.schema import OPTIONAL_COLUMNS, SCHEMAS
 from rta.v1 import decision_pb2 as pb
 from rta_service import cli, keyspace
 from rta_service.ids import hash_raw
@@ -388,3 +389,144 @@ def test_the_device_cap_counts_each_id_type_separately():
     _, identifiers = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("dev", 2),)))
     kept = {k for k in identifiers["key"] if k.startswith("dev:")}
     assert kept == {f"dev:o:{oaids[0]}", f"dev:o:{oaids[1]}", f"dev:i:{IMEI}"}  # the latest OAID is the excess
+
+
+def test_openid_links_within_its_channel_and_a_members_external_userid_links_the_friendship():
+    tables = world_tables(
+        accounts=[account("mp1", "miniprogram"), account("mp2", "miniprogram", days_ago=200),
+                  account("ap", "app", days_ago=100), account("st", "store", member_id="M1")],
+        wecom=[friendship("w", external="wm-9")])
+    tables["memberships"]["openid"] = ["o1", "o1", "o1", None]
+    tables["memberships"]["external_userid"] = [None, None, None, "wm-9"]
+    ids = one_ids(tables)
+    assert ids["mp1"] == ids["mp2"] != ids["ap"]  # an openid belongs to one app (channel)
+    assert ids["st"] == ids["w"]
+    assert ids["st"] != ids["mp1"]
+
+
+def test_wecom_activity_and_store_tags_on_hand_built_people():
+    tables = world_tables(
+        accounts=[account("a", "miniprogram", phone="PA"), account("b", "store", days_ago=200, phone="PB"),
+                  account("b-old", "store", days_ago=900, phone="PB"), account("d", "store", phone="PD"),
+                  account("e", "tmall", member=False, buyer="E")],
+        orders=[("d", "store", 10, 100), ("d", "store", 20, 100)],
+        wecom=[friendship("wa", days_ago=200, phone="PA", external="wm-a")])
+    tables["memberships"]["store_id"] = [None, "s3", "s2", "s1", None]
+    tables["orders"]["store_id"] = ["s7", "s7"]  # a store missing from the store master
+    tables["wecom"]["store_id"] = ["s2"]
+
+    def event(type_, days_ago, external="wm-a", group=None):
+        return {"event_id": f"e{type_}{days_ago}", "external_userid": external, "guide_id": "g1", "type": type_,
+                "ts": CUTOFF - int(days_ago * DAY), "group_id": group}
+
+    tables["wecom_interactions"] = pd.DataFrame([
+        event("friend_add", 200), event("chat", 5), event("chat", 10), event("chat", 40),
+        event("chat", -2),  # after the cutoff: not known yet
+        event("chat", 1, external="0"), event("chat", 1, external="wm-unknown"),  # junk / nobody's: attach to no one
+        event("group_join", 100, group="grp-a"), event("group_leave", 50, group="grp-a"),
+        event("group_join", 20, group="grp-b")])
+    opened = {"s1": ("Shanghai", 3000), "s2": ("Shanghai", 2000), "s3": ("Hangzhou", 2500), "s4": ("Hangzhou", 30),
+              "s5": ("Hangzhou", 80), "s6": ("Hangzhou", -2)}
+    tables["stores"] = pd.DataFrame([[s, "east", city, 30.0, 120.0, CUTOFF - days * DAY]
+                                     for s, (city, days) in opened.items()],
+                                    columns=["store_id", "region", "city", "lat", "lon", "opened_ts"])
+    registered = ingest.register(engine.connect(), tables)
+    _, _, res = profile_tables(registered, AS_OF, built_ts=1, tags=True)
+    got = res.tags.to_pandas().set_index("one_id")
+    ids = one_ids(tables)
+    a, b, d, e = (got.loc[ids[r]] for r in ("a", "b", "d", "e"))
+    assert a["wecom_chats_30d"] == 2 and a["days_since_last_chat"] == 5 and a["in_wecom_group"]  # left a, in b
+    assert (a["best_store_id"], a["best_store_source"], a["best_store_city"]) == ("s2", "wecom", "Shanghai")
+    assert not a["new_store_nearby"] and pd.isna(a["new_store_id"])
+    # b: no orders, no WeCom: the latest registration store; a store opened 30 days ago in its city (s5
+    # opened 80 days ago is not new; s6 opens after the cutoff and is not known yet).
+    assert (b["best_store_id"], b["best_store_source"], b["best_store_region"]) == ("s3", "registration", "east")
+    assert b["new_store_nearby"] and b["new_store_id"] == "s4"
+    assert b["wecom_chats_30d"] == 0 and pd.isna(b["days_since_last_chat"]) and not b["in_wecom_group"]
+    assert (d["best_store_id"], d["best_store_source"]) == ("s7", "orders") and pd.isna(d["best_store_city"])
+    assert pd.isna(e["best_store_id"]) and pd.isna(e["best_store_source"]) and not e["new_store_nearby"]
+    assert int(got["wecom_chats_30d"].sum()) == 2  # the junk and unknown external_userids attached to nobody ...
+    assert tags.unattached_events(registered["wecom_interactions"], res.identifiers, CUTOFF) == 2  # ... and counted
+
+
+def test_tags_without_the_optional_tables_are_empty_not_missing():
+    tables = world_tables(accounts=[account("a", "store", phone="P")], wecom=[friendship("w", phone="P")])
+    _, _, res = profile_tables(ingest.register(engine.connect(), tables), AS_OF, built_ts=1, tags=True)
+    row = res.tags.to_pandas().iloc[0]
+    assert row["wecom_chats_30d"] == 0 and not row["in_wecom_group"] and not row["new_store_nearby"]
+    assert (row["best_store_id"], row["best_store_source"]) == ("s1", "wecom") and pd.isna(row["best_store_city"])
+
+
+def test_a_yaml_segment_reaches_the_redis_profile_and_a_policy_audience_over_it_changes_the_decision(
+        service, redis_url, tmp_path):
+    world = tmp_path / "world"
+    world.mkdir()
+    tables = world_tables(accounts=[account("a", "app", phone="PA"), account("b", "app", phone="PB")],
+                          devices=[["a", pb.OAID, OAID], ["b", pb.IMEI, IMEI]],
+                          orders=[("a", "app", 10, 500), ("a", "app", 40, 700), ("b", "app", 5, 900)])
+    for name, frame in tables.items():
+        frame.to_parquet(world / f"{name}.parquet", index=False)
+    segments = tmp_path / "segments.yaml"
+    segments.write_text("segments:\n  repeat_buyers: [[lifecycle, in, ['2', '3+']]]\n")
+    summary = run_config(CdpConfig(input=world, as_of=AS_OF, redis_url=redis_url, grace_s=0,
+                                   segments_file=segments, work_dir=tmp_path / "work"))
+    assert summary["tags"]["segments"] == {"repeat_buyers": 1}
+    client = redis.Redis.from_url(redis_url)
+    stored = {t: keyspace.decode_profile(client.get(keyspace.device_key("rta", 1, t, md5)))
+              for t, md5 in ((pb.OAID, OAID), (pb.IMEI, IMEI))}
+    assert list(stored[pb.OAID].segments) == ["member", "buyer", "vip", "repeat_buyers"]  # fixed ones first
+    assert list(stored[pb.IMEI].segments) == ["member", "buyer"]
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("cache_ttl_seconds: {bid: 3600, no_bid: 1800, degraded: 60}\nstrategies:\n"
+                      "  - id: repeat\n    audience: {include_segments: [repeat_buyers]}\n    threshold: 0.0\n"
+                      "    weight: {reference_score: 0.1}\n    fallback: {decision: NO_BID}\n")
+    svc = service(policy_path=policy)
+    svc.refresh()
+
+    def decide(id_type, md5):
+        resp = svc.stub.Decide(pb.DecideRequest(request_id="t", device_ids=[pb.DeviceId(type=id_type, value=md5)]),
+                               timeout=5)
+        return resp.internal.one_id, [(r.strategy_id, r.decision, r.reason) for r in resp.results]
+
+    one_a, results_a = decide(pb.OAID, OAID)
+    one_b, results_b = decide(pb.IMEI, IMEI)
+    assert one_a == stored[pb.OAID].one_id and one_b == stored[pb.IMEI].one_id
+    assert results_a == [("repeat", pb.BID, pb.SCORED)]
+    assert results_b == [("repeat", pb.NO_BID, pb.AUDIENCE_EXCLUDED)]
+
+
+def test_a_yaml_segment_may_not_reuse_a_built_in_segment_name(tmp_path):
+    path = tmp_path / "segments.yaml"
+    path.write_text("segments:\n  vip: [[m_score, '>=', 5]]\n")
+    with pytest.raises(ValueError, match="segment vip: the name of a built-in segment"):
+        tags.load_segments(path)
+
+
+def test_every_input_column_and_tag_is_documented(small_world):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cdp.md").read_text()
+    inputs = doc.split("## Input and validation", 1)[1].split("\n## ", 1)[0]
+    rows = {m[0]: set(re.findall(r"`([a-z_0-9]+)`", m[1]))
+            for m in re.findall(r"^\| `([a-z_]+)`\\?\*? \| (.+) \|$", inputs, flags=re.M)}
+    assert set(rows) == set(SCHEMAS)
+    for table, schema in SCHEMAS.items():
+        assert set(schema.names) <= rows[table], table
+    tag_doc = doc.split("## Tags and segments", 1)[1].split("\n## ", 1)[0]
+    _, _, res = profile_tables(ingest.read_parquet(engine.connect(), small_world), AS_OF, built_ts=1, tags=True)
+    assert {c for c in res.tags.columns if f"`{c}`" not in tag_doc} == {"one_id"}
+
+
+def test_a_world_from_before_stores_and_interactions_still_runs(small_world, tmp_path):
+    for name in ("memberships", "membership_devices", "orders", "wecom"):
+        frame = pd.read_parquet(small_world / f"{name}.parquet")
+        frame.drop(columns=list(OPTIONAL_COLUMNS.get(name, ()))).to_parquet(tmp_path / f"{name}.parquet")
+    assert set(read_tables(tmp_path)) == {"memberships", "membership_devices", "orders", "wecom"}
+    tables = ingest.read_parquet(engine.connect(), tmp_path)
+    assert tables["memberships"].columns == tuple(SCHEMAS["memberships"].names)
+    assert tables["stores"].count().to_pyarrow().as_py() == 0
+    _, _, res = profile_tables(tables, AS_OF, built_ts=1, tags=True)
+    tagged = res.tags.to_pandas()
+    assert tagged["order_count"].sum() > 0 and tagged["wecom_friend"].any()
+    assert set(tagged["best_store_source"].dropna()) == {"orders", "wecom"}  # no registration stores in old worlds
+    assert tagged["best_store_city"].isna().all() and not tagged["new_store_nearby"].any()
+    assert tagged["wecom_chats_30d"].sum() == 0 and not tagged["in_wecom_group"].any()

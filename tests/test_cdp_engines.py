@@ -44,3 +44,6 @@ def test_duckdb_and_spark_produce_the_same_profiles(world, spark):
     profiles = duck[0]
     assert profiles["order_count"].sum() > 0 and profiles["wecom_friend"].any() and profiles["is_member"].any()
     assert profiles["one_id"].is_unique and len(profiles) < len(duck[2])  # records were merged into people
+    tagged = duck[3]  # the comparison covers the tags from stores and WeCom interactions too
+    assert set(tagged["best_store_source"].dropna()) == {"orders", "wecom", "registration"}
+    assert tagged["new_store_nearby"].any() and tagged["in_wecom_group"].any() and tagged["wecom_chats_30d"].sum() > 0

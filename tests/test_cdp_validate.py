@@ -74,3 +74,64 @@ def test_a_missing_table_is_a_clear_error(world, tmp_path):
     (world / "wecom.csv").unlink()
     with pytest.raises(InputError, match="missing wecom.parquet or wecom.csv"):
         validate(world, tmp_path / "work")
+
+
+def test_older_inputs_without_the_optional_tables_and_columns_still_validate(world, tmp_path):
+    out = validate(world, tmp_path / "work")
+    assert sorted(out["absent_tables"]) == ["stores", "wecom_interactions"]
+    assert out["absent_columns"] == {"memberships": ["openid", "external_userid", "store_id"]}
+    clean = pd.read_parquet(tmp_path / "work" / "memberships.parquet")
+    assert clean[["openid", "external_userid", "store_id"]].isna().all().all()
+    for table in ("stores", "wecom_interactions"):
+        assert out["tables"][table] == {"in": 0, "out": 0, "rejected": 0}
+        assert len(pd.read_parquet(tmp_path / "work" / f"{table}.parquet")) == 0
+    assert out["warnings"] == {}  # without a store master, store ids are not checked
+
+
+def test_a_misspelt_column_is_an_error_not_a_column_of_nulls(world, tmp_path):
+    (world / "orders.csv").write_text("order_id,record_id,channel,store,ts,amount_fen,category\n")
+    with pytest.raises(InputError, match="orders.csv: missing column\\(s\\) store_id"):
+        validate(world, tmp_path / "work")
+
+
+STORES_CSV = """store_id,region,city,lat,lon,opened_ts
+s1,east,Shanghai,31.2,121.5,1600000000
+s2,east,Shanghai,91.0,121.5,1600000000
+s3,north,Beijing,39.9,north,1600000000
+s1,east,Hangzhou,30.3,120.1,1600000000
+s4,west,,30.6,104.1,1600000000
+s5,west,Chengdu,,,1700000000
+"""
+INTERACTIONS_CSV = """event_id,external_userid,guide_id,type,ts,group_id
+e1,wm-1,g1,chat,1700000000,
+e2,wm-1,g1,poke,1700000000,
+e3,wm-1,g1,group_join,1700000000,grp-1
+e4,,g1,chat,1700000000,
+"""
+
+
+def test_stores_and_interactions_are_validated_and_unknown_store_references_kept_with_a_warning(world, tmp_path):
+    (world / "stores.csv").write_text(STORES_CSV)
+    (world / "wecom_interactions.csv").write_text(INTERACTIONS_CSV)
+    (world / "orders.csv").write_text("order_id,record_id,channel,store_id,ts,amount_fen,category\n"
+                                      "o1,r1,store,s1,1700000001,100,tops\no2,r1,store,s9,1700000002,100,tops\n"
+                                      "o3,r1,tmall,,1700000003,100,tops\no4,r1,store,s2,1700000004,100,tops\n")
+    out = validate(world, tmp_path / "work")
+    got = {(r["file"].rsplit("/", 1)[-1], int(r["row"]), r["field"]): r["reason"] for r in rejects(out["rejects_file"])}
+    assert {k: v for k, v in got.items() if k[0] in ("stores.csv", "wecom_interactions.csv")} == {
+        ("stores.csv", 2, "lat"): "out of range [-90, 90]",
+        ("stores.csv", 3, "lon"): "not a number",
+        ("stores.csv", 4, "store_id"): "duplicate store_id",
+        ("stores.csv", 5, "city"): "required",
+        ("wecom_interactions.csv", 2, "type"):
+            "unknown type (expected one of friend_add, friend_remove, chat, group_join, group_leave)",
+        ("wecom_interactions.csv", 4, "external_userid"): "required",
+    }
+    assert out["tables"]["stores"] == {"in": 6, "out": 2, "rejected": 4}
+    assert out["tables"]["wecom_interactions"] == {"in": 4, "out": 2, "rejected": 2}
+    stores = pd.read_parquet(tmp_path / "work" / "stores.parquet")
+    assert stores["store_id"].tolist() == ["s1", "s5"] and stores["lat"].tolist()[0] == 31.2
+    # An order at a store missing from the master (s9) or rejected from it (s2) is kept and listed.
+    assert out["tables"]["orders"] == {"in": 4, "out": 4, "rejected": 0}
+    assert out["warnings"] == {"orders.store_id": 2}
+    assert [(int(r["row"]), r["field"]) for r in rejects(out["warnings_file"])] == [(2, "store_id"), (4, "store_id")]

@@ -18,7 +18,8 @@ from simulate.world import simulate
 
 AS_OF = dt.date(2025, 6, 1)
 CUTOFF = cutoff_ts(AS_OF)
-TABLES = ("memberships", "membership_devices", "orders", "wecom", "devices", "traffic", "conversions",
+TABLES = ("memberships", "membership_devices", "orders", "wecom", "wecom_interactions", "stores", "devices", "traffic",
+          "conversions",
           "truth_people", "truth_memberships", "truth_wecom", "truth_devices", "truth_exposures")
 
 
@@ -101,6 +102,8 @@ def test_history_before_cutoff_traffic_after(world):
     assert (read(path, "orders")["ts"] < CUTOFF).all()
     wecom = read(path, "wecom")
     assert (wecom["added_ts"] < CUTOFF).all() and (wecom["removed_ts"] < CUTOFF).all()
+    assert (read(path, "wecom_interactions")["ts"] < CUTOFF).all()
+    assert (read(path, "stores")["opened_ts"] < CUTOFF).all()
     removed = wecom[wecom["removed_ts"] > 0]
     assert len(removed) and (removed["removed_ts"] >= removed["added_ts"]).all()
     ts = read(path, "traffic")["ts"]
@@ -134,3 +137,51 @@ def test_propensity_follows_the_story(world):
     assert by.loc["member", "propensity"] > 3 * by.loc["unknown", "propensity"]
     assert by.loc["member", "converted"] > 2 * by.loc["unknown", "converted"]
     assert np.corrcoef(exp["propensity"], exp["converted"])[0, 1] > 0.1
+
+
+def test_stores_old_and_new_and_every_store_reference_is_known(world):
+    path = world[0]
+    stores = read(path, "stores")
+    assert stores["store_id"].is_unique and stores["lat"].between(18, 54).all() and stores["lon"].between(73, 135).all()
+    age_days = (CUTOFF - stores["opened_ts"]) / 86400
+    new = stores[age_days < 60]
+    assert len(new) >= 1 and (age_days > 1500).sum() >= 5  # established stores and recent openings
+    assert set(new["city"]) <= set(stores.loc[age_days > 1500, "city"])  # new stores open where people live
+    orders, members = read(path, "orders"), read(path, "memberships")
+    for ids in (orders["store_id"], members["store_id"], read(path, "wecom")["store_id"]):
+        assert set(ids.dropna()) <= set(stores["store_id"])
+    # Nobody ordered in a store before it opened.
+    at = orders.dropna(subset=["store_id"]).merge(stores, on="store_id")
+    assert len(at) > 100 and (at["ts"] >= at["opened_ts"]).all()
+
+
+def test_wecom_interactions_follow_the_friendships(world):
+    path = world[0]
+    wecom, events = read(path, "wecom"), read(path, "wecom_interactions")
+    people = read(path, "truth_wecom").merge(wecom, on="friendship_id")
+    counts = events["type"].value_counts()
+    assert counts["friend_add"] == len(wecom) and counts["friend_remove"] == (wecom["removed_ts"] > 0).sum()
+    assert counts["chat"] > len(wecom) and counts["group_join"] > counts["group_leave"] > 0
+    assert events["event_id"].is_unique and events["ts"].is_monotonic_increasing
+    grouped = events["type"].isin(["group_join", "group_leave"])
+    assert events.loc[grouped, "group_id"].notna().all() and events.loc[~grouped, "group_id"].isna().all()
+    recent_chats = events[(events["type"] == "chat") & (events["ts"] >= CUTOFF - 30 * 86400)]
+    assert len(recent_chats) > 50
+    # Events carry WeCom's own external_userid, the one friendships of the same person carry when not junk.
+    clean = people[~people["external_userid"].isin(JUNK_VALUES)]
+    assert set(events["external_userid"]) >= set(clean["external_userid"])
+    assert set(events["guide_id"]) <= set(wecom["guide_id"])
+
+
+def test_members_carry_openids_per_app_and_some_wecom_links(world):
+    path = world[0]
+    m = read(path, "memberships")
+    mini, app = m[m["channel"] == "miniprogram"], m[m["channel"] == "app"]
+    assert mini["openid"].notna().all() and mini["openid"].str.startswith("oMP").mean() > 0.95
+    assert (app["openid"].notna() == app["unionid"].notna()).all()  # WeChat login gives both
+    assert m.loc[~m["channel"].isin(["miniprogram", "app"]), "openid"].isna().all()
+    assert m["external_userid"].notna().sum() > 50
+    linked = set(m["external_userid"].dropna()) - set(JUNK_VALUES)
+    assert linked <= set(read(path, "wecom_interactions")["external_userid"])
+    store = m["channel"] == "store"
+    assert m.loc[store, "store_id"].notna().all() and m.loc[~store, "store_id"].isna().all()
