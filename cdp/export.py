@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 from redis.cluster import RedisCluster
 
@@ -110,6 +112,18 @@ class Entries:
         return wire.fixed(np.concatenate([head, self.field[lo:hi], tail], axis=1))
 
 
+def _read_replies(owed: list[tuple]) -> None:
+    errors = []
+    for conn, count in owed:
+        for _ in range(count):
+            try:
+                conn.read_response(disable_decoding=True)
+            except redis.ResponseError as exc:
+                errors.append(exc)
+    if errors:
+        raise RuntimeError(f"{len(errors)} writes failed, e.g. {errors[0]} (on a Cluster, is it resharding?)")
+
+
 class Writer:
     """Raw RESP commands to the node owning each key, in chunks of whole buckets, paced."""
 
@@ -137,6 +151,8 @@ class Writer:
         buckets, starts, counts = np.unique(buckets_sorted, return_index=True, return_counts=True)
         chunk = self.pacer.chunk()
         i = 0
+        owed: list[tuple] = []  # (connection, replies) of the chunk before: read after sending the next one,
+        # so Redis works on one chunk while this process encodes the next (replies are a few bytes each)
         while i < len(buckets):
             j, n = i, 0
             while j < len(buckets) and (n == 0 or n + counts[j] <= chunk):
@@ -157,16 +173,10 @@ class Writer:
                 count[0] += 1
             for parts, _count, conn in per_conn.values():
                 conn.send_packed_command([b"".join(parts)], check_health=False)
-            errors = []
-            for _parts, count, conn in per_conn.values():
-                for _ in range(count[0]):
-                    try:
-                        conn.read_response(disable_decoding=True)
-                    except redis.ResponseError as exc:
-                        errors.append(exc)
-            if errors:
-                raise RuntimeError(f"{len(errors)} writes failed, e.g. {errors[0]} (on a Cluster, is it resharding?)")
+            _read_replies(owed)
+            owed = [(conn, count[0]) for _parts, count, conn in per_conn.values()]
             i = j
+        _read_replies(owed)
         return len(buckets_sorted)
 
     def hset(self, ns: str, generation: int, entries: Entries, records: wire.Ragged) -> int:
@@ -271,8 +281,8 @@ def _records(profiles: pd.DataFrame, index: pd.DataFrame) -> tuple[wire.Ragged, 
     an unchanged record keeps the build time it was first written with."""
     from .profiles import COLUMNS  # noqa: PLC0415 - profiles imports the engine; keep this module light
 
-    people = pd.Index(profiles["one_id"])
-    pos = people.get_indexer(index["one_id"])
+    pos = pc.index_in(pa.array(index["one_id"]), value_set=pa.array(profiles["one_id"]))
+    pos = pos.fill_null(-1).to_numpy().astype(np.int64)
     if (pos < 0).any():
         raise ValueError(f"{int((pos < 0).sum())} device IDs point at OneIDs without a profile")
     frame = profiles[list(COLUMNS)]
