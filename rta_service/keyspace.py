@@ -106,6 +106,38 @@ def locate(ns: str, live: Live, id_type: int, md5hex: str) -> tuple[str, bytes]:
     return (bucket_key(ns, live.generation, bucket_of(md5hex, live.bucket_bits)), device_field(id_type, md5hex))
 
 
+_CODE_BYTES = {t: c.encode() for t, c in TYPE_CODES.items()}
+
+
+def group_by_bucket(ns: str, live: Live, ids) -> dict[str, list[tuple[int, bytes]]]:
+    """{hash key: [(position, field), ...]} for a batch of IDs (objects with id_type and value), as
+    `locate` gives them; inlined, because it runs for every ID on the request path."""
+    prefix = f"{ns}:{live.generation}:"
+    shift = MAX_BUCKET_BITS - live.bucket_bits
+    fromhex = bytes.fromhex
+    out: dict[str, list[tuple[int, bytes]]] = {}
+    for pos, i in enumerate(ids):
+        v = i.value
+        key = f"{prefix}{int(v[:6], 16) >> shift:x}"
+        entry = (pos, _CODE_BYTES[i.id_type] + fromhex(v))
+        got = out.get(key)
+        if got is None:
+            out[key] = [entry]
+        else:
+            got.append(entry)
+    return out
+
+
+def pack_hmgets(groups: dict[str, list[tuple[int, bytes]]]) -> bytes:
+    """RESP for one `HMGET key field...` per group, back to back."""
+    parts = []
+    for key, fields in groups.items():
+        k = key.encode()
+        parts.append(b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n" % (2 + len(fields), len(k), k))
+        parts.extend(b"$%d\r\n%s\r\n" % (len(f), f) for _, f in fields)
+    return b"".join(parts)
+
+
 def generation_pattern(ns: str, generation: int) -> str:
     """SCAN pattern for every bucket of one generation."""
     return f"{ns}:{generation}:*"

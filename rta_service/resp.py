@@ -99,14 +99,14 @@ class _Protocol(asyncio.Protocol):
         while self.waiters:
             self.waiters.popleft().fail(exc)
 
-    def send(self, commands) -> asyncio.Future:
-        """Write the commands in one go; the future answers the list of their replies."""
+    def send(self, payload: bytes, count: int) -> asyncio.Future:
+        """Write `count` RESP commands in one go; the future answers the list of their replies."""
         if self.closed or len(self.waiters) >= MAX_PENDING:
             self.transport.close()
             raise RespError("connection closed" if self.closed else "too many replies pending")
-        self.transport.write(_pack(commands))
+        self.transport.write(payload)
         fut = asyncio.get_running_loop().create_future()
-        self.waiters.append(_Pending(fut, len(commands)))
+        self.waiters.append(_Pending(fut, count))
         return fut
 
 
@@ -153,9 +153,9 @@ class RespClient:
             raise RespError(f"cannot connect: {exc or 'timed out'}") from exc
         if self.password:
             auth = (self.username, self.password) if self.username else (self.password,)
-            await proto.send([("AUTH", *auth)])
+            await proto.send(_pack([("AUTH", *auth)]), 1)
         if self.db:
-            await proto.send([("SELECT", self.db)])
+            await proto.send(_pack([("SELECT", self.db)]), 1)
         self._proto = proto
         return proto
 
@@ -164,8 +164,12 @@ class RespClient:
 
     async def execute_many(self, commands: list[tuple]) -> list:
         """Several commands in one write, answered together (RespError if any of them failed)."""
+        return await self.execute_packed(_pack(commands), len(commands))
+
+    async def execute_packed(self, payload: bytes, count: int) -> list:
+        """`count` commands already in RESP, in one write, answered together."""
         proto = await self._connection()
-        return await proto.send(commands)
+        return await proto.send(payload, count)
 
     async def aclose(self) -> None:
         if self._proto is not None and self._proto.transport is not None:

@@ -73,15 +73,11 @@ class ProfileStore:
         if live.generation == 0 or live.bucket_bits is None:  # "not found" would wrongly mean "unknown device"
             raise StoreUnavailable(pb.NO_PROFILES, "no profile export in redis" if live.generation == 0 else
                                    "the live profile export is in format 1; re-export with this version")
-        wanted: dict[str, list[tuple[int, bytes]]] = {}
-        for pos, i in enumerate(ids):
-            key, field = keyspace.locate(self.ns, live, i.id_type, i.value)
-            wanted.setdefault(key, []).append((pos, field))
-        commands = [("HMGET", key, *(f for _, f in fields)) for key, fields in wanted.items()]
+        wanted = keyspace.group_by_bucket(self.ns, live, ids)
         try:
             async with asyncio.timeout(timeout_s):
-                replies = await (self._cluster_pipeline(commands) if self.cluster else
-                                 self.client.execute_many(commands))
+                replies = await (self._cluster_pipeline(wanted) if self.cluster else
+                                 self.client.execute_packed(keyspace.pack_hmgets(wanted), len(wanted)))
         except TimeoutError:
             raise StoreUnavailable(pb.STORE_TIMEOUT) from None
         except (RespError, RedisError, OSError) as exc:
@@ -93,10 +89,10 @@ class ProfileStore:
                 out[pos] = value
         return out
 
-    async def _cluster_pipeline(self, commands) -> list:
+    async def _cluster_pipeline(self, wanted) -> list:
         pipe = self.client.pipeline()
-        for name, *args in commands:
-            pipe.execute_command(name, *args)
+        for key, fields in wanted.items():
+            pipe.hmget(key, [f for _, f in fields])
         return await pipe.execute()
 
     def _mark_down(self) -> None:

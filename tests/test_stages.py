@@ -14,7 +14,7 @@ from rta.v1 import decision_pb2 as pb
 from rta.v1 import profile_pb2
 from rta_service import bucketing, features, keyspace
 from rta_service import policy as pol
-from rta_service.ids import IdNormalizer, hash_raw
+from rta_service.ids import IdNormalizer, NormalizedId, hash_raw
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "bucketing.json").read_text())
 
@@ -128,6 +128,14 @@ def test_keyspace_buckets_fields_and_pointer():
     assert keyspace.is_generation_key("rta", b"rta:2:o:" + md5.encode()) == 2  # format 1 keys are cleaned up too
     for other in (b"rta:gen", b"rta:decisions", b"rtax:3:1"):
         assert keyspace.is_generation_key("rta", other) is None
+    same_bucket = "c05" + "0" * 29
+    ids = [NormalizedId(pb.OAID, md5, 0), NormalizedId(pb.IMEI, same_bucket, 1), NormalizedId(pb.IDFA, "f" * 32, 2)]
+    groups = keyspace.group_by_bucket("rta", live, ids)  # the request path's inlined locate
+    assert groups == {"rta:3:c05": [(0, keyspace.device_field(pb.OAID, md5)),
+                                    (1, keyspace.device_field(pb.IMEI, same_bucket))],
+                      "rta:3:fff": [(2, keyspace.device_field(pb.IDFA, "f" * 32))]}
+    assert all(keyspace.locate("rta", live, i.id_type, i.value)[0] in groups for i in ids)
+    assert keyspace.pack_hmgets({"k": [(0, b"ab")]}) == b"*3\r\n$5\r\nHMGET\r\n$1\r\nk\r\n$2\r\nab\r\n"
 
 
 # -- policy -------------------------------------------------------------------------------------
