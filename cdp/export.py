@@ -224,7 +224,8 @@ def check_layout(nodes, largest_value: int, largest_bucket: int) -> list[str]:
     warnings = []
     for node in nodes:
         limits = _hash_limits(node)
-        where = "{host}:{port}".format(**node.connection_pool.connection_kwargs)
+        kw = node.connection_pool.connection_kwargs
+        where = f"{kw['host']}:{kw['port']}" if "host" in kw else kw.get("path", "redis")
         if limits is None:
             warnings.append(f"{where}: cannot read hash-max-listpack-* (CONFIG refused); make sure "
                             f"hash-max-listpack-value >= {largest_value} and hash-max-listpack-entries >= "
@@ -407,12 +408,20 @@ def _why_not_incremental(state: dict | None, ns: str, live: keyspace.Live, state
 def _incremental(client, nodes, ns, live, index, records, person, digest, state_dir, state, pacer, say) -> dict:
     previous = pd.read_parquet(state_dir / DIGESTS_FILE)
     current = pd.DataFrame({"id_type": index["id_type"].to_numpy(), "md5": index["md5"].to_numpy(),
-                            "digest": digest, "row": np.arange(len(index))})
-    merged = current.merge(previous, on=["id_type", "md5"], how="outer", suffixes=("", "_old"), indicator=True)
-    new = merged["_merge"] == "left_only"
-    changed = (merged["_merge"] == "both") & (merged["digest"] != merged["digest_old"])
-    gone = merged[merged["_merge"] == "right_only"]
-    write_rows = np.sort(merged.loc[new | changed, "row"].to_numpy(dtype=np.int64))
+                            "digest": digest})
+    # join on the device ID only: the digests are compared as uint64 arrays, never through the
+    # merge's float columns (missing rows would turn them to float64 and drop their low bits)
+    merged = current[["id_type", "md5"]].assign(row=np.arange(len(current))).merge(
+        previous[["id_type", "md5"]].assign(old_row=np.arange(len(previous))), on=["id_type", "md5"], how="outer",
+        indicator=True)
+    both = merged[merged["_merge"] == "both"]
+    both_rows = both["row"].to_numpy(dtype=np.int64)
+    old_digest = previous["digest"].to_numpy(dtype=np.uint64)
+    differs = digest[both_rows] != old_digest[both["old_row"].to_numpy(dtype=np.int64)]
+    new_rows = merged.loc[merged["_merge"] == "left_only", "row"].to_numpy(dtype=np.int64)
+    gone = previous.iloc[merged.loc[merged["_merge"] == "right_only", "old_row"].to_numpy(dtype=np.int64)]
+    write_rows = np.sort(np.concatenate([new_rows, both_rows[differs]]))
+    new, changed = len(new_rows), int(differs.sum())
     _save_state(state_dir, {**state, "complete": False})  # a crash mid-way makes the next export full
     memory_before = _used_memory(nodes)
     entries = Entries(index["id_type"].to_numpy()[write_rows], index["md5"].to_numpy()[write_rows],
@@ -427,11 +436,11 @@ def _incremental(client, nodes, ns, live, index, records, person, digest, state_
     finally:
         writer.close()
     write_seconds = time.perf_counter() - t
-    _save_state(state_dir, {**state, "complete": True}, current.drop(columns="row"))
+    _save_state(state_dir, {**state, "complete": True}, current)
     unchanged = len(index) - written
     say(f"[export] incremental into generation {live.generation}: {written:,} entries written "
-        f"({int(new.sum()):,} new, {int(changed.sum()):,} changed), {deleted:,} deleted, {unchanged:,} unchanged")
+        f"({new:,} new, {changed:,} changed), {deleted:,} deleted, {unchanged:,} unchanged")
     return {"mode": "incremental", "generation": live.generation, "bucket_bits": live.bucket_bits,
-            "keys_written": written, "new": int(new.sum()), "changed": int(changed.sum()), "keys_deleted": deleted,
+            "keys_written": written, "new": new, "changed": changed, "keys_deleted": deleted,
             "unchanged": unchanged, "used_memory_before": memory_before, "used_memory_after": _used_memory(nodes),
             "paced_seconds": round(pacer.slept, 3), "write_seconds": round(write_seconds, 3)}

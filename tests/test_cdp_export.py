@@ -154,6 +154,11 @@ def test_incremental_export_writes_only_what_changed(redis_url, tmp_path):
 
     third = export(client, changed, new_index, ns="i", mode="incremental", state_dir=state)
     assert (third["keys_written"], third["keys_deleted"], third["unchanged"]) == (0, 0, len(new_index))
+    digests = pd.read_parquet(state / "export_digests.parquet")
+    digests.loc[7, "digest"] ^= np.uint64(1)  # a digest differing in its lowest bit only is still a change
+    digests.to_parquet(state / "export_digests.parquet")
+    again = export(client, changed, new_index, ns="i", mode="incremental", state_dir=state)
+    assert (again["keys_written"], again["changed"]) == (1, 1)
 
     client.set("i:gen", keyspace.pointer_value(9, first["bucket_bits"]))  # another export went live meanwhile
     fourth = export(client, changed, new_index, ns="i", mode="incremental", state_dir=state)
