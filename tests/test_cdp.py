@@ -287,6 +287,24 @@ def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
     assert report["identity"]["one_ids"] == summary["profiles"]
 
 
+def test_cdp_run_incremental_from_the_command_line(small_world, redis_url, tmp_path, capsys):
+    base = ["cdp", "run", "--input", str(small_world), "--redis-url", redis_url, "--namespace", "inc", "--grace-s", "0"]
+    with pytest.raises(SettingsError, match="state_dir"):
+        load_config(input=small_world, export_mode="incremental")
+    config = tmp_path / "cdp.yaml"
+    config.write_text(f"input: {small_world}\nstate_dir: {tmp_path / 'state'}\n")
+    incremental = [*base, "--config", str(config), "--export-mode", "incremental", "--write-rate", "1000000"]
+    assert cli.main(incremental) == 0
+    first = json.loads(capsys.readouterr().out)["export"]
+    assert first["mode"] == "full" and first["generation"] == 1  # nothing to compare with yet
+    assert cli.main(incremental) == 0
+    out, err = capsys.readouterr()
+    second = json.loads(out)["export"]
+    assert second["mode"] == "incremental" and second["generation"] == 1
+    assert second["keys_written"] == second["keys_deleted"] == 0 and second["unchanged"] == first["keys_written"]
+    assert "0 device entries written" in err
+
+
 def test_a_cluster_past_the_size_limit_fails_the_run():
     tables = world_tables(accounts=[account(f"a{i}", phone="SHARED") for i in range(5)])
     with pytest.raises(identity.ClusterTooLarge, match="5 records"):
