@@ -219,7 +219,8 @@ def _hash_limits(node: redis.Redis) -> dict[str, int] | None:
 
 
 def check_layout(nodes, largest_value: int, largest_bucket: int) -> list[str]:
-    """Warnings when a server's settings would store buckets as hashtables (several times the memory)."""
+    """Warnings when a server's settings would store buckets as hashtables (160 bytes per device ID
+    instead of 103 in a measurement, docs/specs/profile-store.md)."""
     field = keyspace.FIELD_BYTES
     warnings = []
     for node in nodes:
@@ -229,7 +230,7 @@ def check_layout(nodes, largest_value: int, largest_bucket: int) -> list[str]:
         if limits is None:
             warnings.append(f"{where}: cannot read hash-max-listpack-* (CONFIG refused); make sure "
                             f"hash-max-listpack-value >= {largest_value} and hash-max-listpack-entries >= "
-                            f"{largest_bucket}, or buckets use several times the memory")
+                            f"{largest_bucket}, or buckets take about 1.5 times the memory")
             continue
         value_limit = next(v for k, v in limits.items() if k.endswith("value"))
         entries_limit = next(v for k, v in limits.items() if k.endswith("entries"))
@@ -237,7 +238,7 @@ def check_layout(nodes, largest_value: int, largest_bucket: int) -> list[str]:
             warnings.append(f"{where}: {limits} cannot keep buckets compact (largest record {largest_value} "
                             f"bytes, largest bucket {largest_bucket} entries): set hash-max-listpack-value >= "
                             f"{largest_value} and hash-max-listpack-entries >= {largest_bucket} "
-                            "(docs/specs/profile-store.md), else Redis memory per device ID is several times larger")
+                            "(docs/specs/profile-store.md), else buckets take about 1.5 times the memory")
     return warnings
 
 
