@@ -181,12 +181,11 @@ class Writer:
 
     def hset(self, ns: str, generation: int, entries: Entries, records: wire.Ragged) -> int:
         """HSET every entry to its person's record (rows of `records`)."""
-        rec = wire.padded(records)
+        bulk = wire.padded(wire.compact(*wire.resp_bulk(records)))  # each record as a RESP bulk string, once
 
         def body(lo: int, hi: int) -> wire.Ragged:
             person = entries.person[lo:hi]
-            value = wire.Padded(rec.matrix[person], rec.keep[person])
-            return wire.compact(entries.field_bulk(lo, hi), *wire.resp_bulk(value, records.lengths[person]))
+            return wire.compact(entries.field_bulk(lo, hi), wire.Padded(bulk.matrix[person], bulk.keep[person]))
 
         return self.write(b"HSET", ns, generation, entries.bucket, body, 2)
 

@@ -169,12 +169,10 @@ def encode_profiles(profiles: pd.DataFrame, stamp: bool = True) -> Ragged:
     )
 
 
-def resp_bulk(column: Ragged | Padded, lengths: np.ndarray | None = None) -> tuple[Padded, ...]:
-    """Each row as a RESP bulk string: `$len\r\n` + bytes + `\r\n`."""
-    if isinstance(column, Ragged):
-        column, lengths = padded(column), column.lengths
-    n = len(lengths)
-    return (const(b"$", n), decimals(lengths), const(b"\r\n", n), column, const(b"\r\n", n))
+def resp_bulk(column: Ragged) -> tuple[Padded, ...]:
+    """Each row as a RESP bulk string, "$" + length + CRLF + bytes + CRLF: the parts, for `compact`."""
+    n = len(column.lengths)
+    return (const(b"$", n), decimals(column.lengths), const(b"\r\n", n), padded(column), const(b"\r\n", n))
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
