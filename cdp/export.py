@@ -105,7 +105,7 @@ class Entries:
         return len(self.bucket)
 
     def field_bulk(self, lo: int, hi: int) -> wire.Padded:
-        """"$17" CRLF field CRLF (RESP bulk strings) of entries lo..hi."""
+        """The RESP bulk strings ("$17" CRLF field CRLF) of entries lo..hi."""
         n = hi - lo
         head = np.tile(np.frombuffer(b"$%d\r\n" % keyspace.FIELD_BYTES, np.uint8), (n, 1))
         tail = np.tile(np.frombuffer(b"\r\n", np.uint8), (n, 1))
