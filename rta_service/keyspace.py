@@ -138,11 +138,6 @@ def pack_hmgets(groups: dict[str, list[tuple[int, bytes]]]) -> bytes:
     return b"".join(parts)
 
 
-def generation_pattern(ns: str, generation: int) -> str:
-    """SCAN pattern for every bucket of one generation."""
-    return f"{ns}:{generation}:*"
-
-
 def is_generation_key(ns: str, key: bytes) -> int | None:
     """The generation of a bucket key of namespace `ns` (or of a format-1 device key), else None."""
     prefix = f"{ns}:".encode()
