@@ -19,6 +19,9 @@ def _common(p: argparse.ArgumentParser, legacy: bool = False) -> None:
         p.add_argument("--redis-url", default=os.environ.get("RTA_REDIS_URL"))
         p.add_argument("--namespace", default=os.environ.get("RTA_REDIS_NAMESPACE"))
         p.add_argument("--grace-s", type=float, help="wait before deleting the old generation (default 5)")
+        p.add_argument("--export-mode", choices=["full", "incremental"],
+                       help="full: a new generation; incremental: only changed entries (needs state_dir)")
+        p.add_argument("--write-rate", type=float, help="device entries per second written to Redis (0 = unlimited)")
 
 
 def add_parser(sub) -> None:
@@ -51,7 +54,8 @@ def add_parser(sub) -> None:
 def _config(opts):
     from .config import load_config  # noqa: PLC0415
 
-    overrides = {k: getattr(opts, k, None) for k in ("input", "engine", "as_of", "redis_url", "namespace", "grace_s")}
+    overrides = {k: getattr(opts, k, None) for k in ("input", "engine", "as_of", "redis_url", "namespace", "grace_s",
+                                                    "export_mode", "write_rate")}
     if opts.config is None and overrides["input"] is None:
         raise ValueError("give --config FILE or --input DIR")
     return load_config(opts.config, **overrides)

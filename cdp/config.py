@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rta_service.settings import SettingsError, format_errors
 
@@ -38,6 +38,15 @@ class CdpConfig(BaseModel):
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "rta"
     grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # before deleting the old generation
+    # full: a new generation, switched atomically; incremental: only changed device entries, into the live one
+    export_mode: Literal["full", "incremental"] = "full"
+    write_rate: Annotated[float, Field(ge=0)] = 0  # device entries written per second; 0 = as fast as Redis takes them
+
+    @model_validator(mode="after")
+    def _incremental_needs_state(self) -> CdpConfig:
+        if self.export_mode == "incremental" and self.state_dir is None:
+            raise ValueError("export_mode incremental needs state_dir (where the last export's digests are kept)")
+        return self
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> CdpConfig:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import ibis
 import pandas as pd
-import redis
 
 from . import engine, ingest, validate
 from .config import CdpConfig
-from .export import export
+from .export import connect, export
 from .identity import Guardrails, change_log, changes
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
@@ -144,12 +143,13 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
     n_records = res.records.count().to_pyarrow().as_py()
     segments = segment_sizes(profile_t)
     stages.done("collect", f"{len(profiles):,} profiles, {len(index):,} device IDs")
-    client = redis.Redis.from_url(cfg.redis_url, socket_timeout=60, socket_connect_timeout=10)
+    client = connect(cfg.redis_url)
     try:
-        exported = export(client, profiles, index, ns=cfg.namespace, grace_s=cfg.grace_s)
+        exported = export(client, profiles, index, ns=cfg.namespace, grace_s=cfg.grace_s, mode=cfg.export_mode,
+                          state_dir=cfg.state_dir, write_rate=cfg.write_rate, say=progress)
     finally:
         client.close()
-    stages.done("export", f"generation {exported['generation']}, {exported['keys_written']:,} keys")
+    stages.done("export", _export_line(exported))
     return {
         "as_of": as_of.isoformat(),
         "cutoff_ts": cutoff_ts(as_of),
@@ -167,6 +167,14 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
         "stage_seconds": stages.seconds,
         "export": exported,
     }
+
+
+def _export_line(e: dict) -> str:
+    if e["mode"] == "incremental":
+        return (f"incremental into generation {e['generation']}: {e['keys_written']:,} device entries written, "
+                f"{e['keys_deleted']:,} deleted, {e['unchanged']:,} unchanged")
+    return (f"generation {e['generation']}, {e['keys_written']:,} device entries in {e['buckets']:,} buckets, "
+            f"{e['bytes_per_key']:.0f} bytes of Redis memory per device ID, encodings {e['encodings']}")
 
 
 def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date | None = None,

@@ -1,7 +1,7 @@
 """The decision core: a batch of DecideRequests in, DecideResponses out. Knows nothing of gRPC, so the
 gRPC servicer, a native HTTP endpoint and the micro-batcher below all reuse it.
 
-Per batch: normalise IDs -> one store MGET -> decode -> features -> one model run -> policy.
+Per batch: normalise IDs -> one store round trip (HMGET per bucket) -> decode -> features -> one model run -> policy.
 Any failure of Redis or the model turns into each strategy's configured fallback with a reason code,
 never an exception to the caller.
 """
@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,7 +62,6 @@ class _Work:
     request: pb.DecideRequest
     strategies: list[pol.Strategy]
     ids: list[NormalizedId]
-    keys: list[str] = field(default_factory=list)
     profile: object = None  # rta.v1.Profile or None (unknown device)
     matched: NormalizedId | None = None
     failure: int = 0  # a degraded reason, 0 = fine
@@ -161,7 +160,7 @@ class DecisionCore:
         return list(seen.values())
 
     async def _lookup(self, work: list[_Work], deadlines: list[float]) -> None:
-        """One MGET for the batch, bounded by the tightest deadline among the calls that still have time;
+        """One store round trip for the batch, bounded by the tightest deadline among the calls that still have time;
         a call with too little time left is answered its fallbacks without holding the others back."""
         now = time.monotonic()
         for w in work:
@@ -170,20 +169,17 @@ class DecisionCore:
         work = [w for w in work if not w.failure]
         if not work:
             return
-        keys: list[str] = []
-        for w in work:
-            w.keys = self.store.keys_for(w.ids)
-            keys.extend(w.keys)
+        ids = [i for w in work for i in w.ids]
         budget = min(self.max_lookup, min(deadlines[w.index] for w in work) - now - self.margin)
         try:
-            values = await self.store.mget(keys, budget)
+            values = await self.store.lookup(ids, budget)
         except StoreUnavailable as exc:
             for w in work:
                 w.failure = exc.reason
             return
         pos = 0
         for w in work:
-            for nid, raw in zip(w.ids, values[pos:pos + len(w.keys)], strict=True):
+            for nid, raw in zip(w.ids, values[pos:pos + len(w.ids)], strict=True):
                 if raw is not None:
                     try:
                         w.profile = keyspace.decode_profile(raw)
@@ -192,7 +188,7 @@ class DecisionCore:
                         w.failure = pb.BAD_PROFILE
                     w.matched = nid
                     break
-            pos += len(w.keys)
+            pos += len(w.ids)
 
     def _score(self, work: list[_Work], now: float, stages=None) -> None:
         if not work:

@@ -7,7 +7,8 @@ on the same server (see docs/performance.md). redis-py still parses the URL, and
 Cluster (store.py).
 
 Commands are written back to back on one connection (pipelining) and their futures answered in
-order, so concurrent batches share the connection without a pool. A caller that stops waiting
+order, so concurrent batches share the connection without a pool. `execute_many` writes several
+commands at once and answers them with one future: one round trip for a batch's lookups. A caller that stops waiting
 (timeout, cancellation) leaves its future in the queue; its reply is read and dropped, so replies
 never shift to the wrong caller. Supports redis://, rediss:// (TLS) and unix:// URLs with
 username/password and a database number.
@@ -22,17 +23,54 @@ import ssl
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
-MAX_PENDING = 10_000  # replies owed on one connection before it is declared wedged and dropped
+MAX_PENDING = 10_000  # callers owed replies on one connection before it is declared wedged and dropped
 
 
 class RespError(Exception):
     """Redis answered with an error reply, or the connection failed."""
 
 
+class _Pending:
+    """The replies owed to one caller: `count` of them, answered together through `future`."""
+
+    __slots__ = ("future", "count", "replies", "error")
+
+    def __init__(self, future: asyncio.Future, count: int):
+        self.future, self.count, self.replies, self.error = future, count, [], None
+
+    def add(self, reply) -> bool:
+        """Take the next reply; True when all have arrived (and the future is answered)."""
+        if isinstance(reply, hiredis.ReplyError) and self.error is None:
+            self.error = RespError(str(reply))
+        self.replies.append(reply)
+        if len(self.replies) < self.count:
+            return False
+        if not self.future.done():  # the caller may have given up; its replies are dropped in order
+            if self.error is not None:
+                self.future.set_exception(self.error)
+            else:
+                self.future.set_result(self.replies)
+        return True
+
+    def fail(self, exc: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+def _pack(commands) -> bytes:
+    parts = []
+    for args in commands:
+        parts.append(b"*%d\r\n" % len(args))
+        for arg in args:
+            b = arg if isinstance(arg, bytes) else str(arg).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self):
         self.reader = hiredis.Reader()
-        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.waiters: collections.deque[_Pending] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -50,12 +88,8 @@ class _Protocol(asyncio.Protocol):
                 return
             if reply is False:
                 return
-            waiter = self.waiters.popleft()
-            if not waiter.done():  # the caller may have given up; its reply is dropped in order
-                if isinstance(reply, hiredis.ReplyError):
-                    waiter.set_exception(RespError(str(reply)))
-                else:
-                    waiter.set_result(reply)
+            if self.waiters[0].add(reply):
+                self.waiters.popleft()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -63,26 +97,22 @@ class _Protocol(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(exc)
+            self.waiters.popleft().fail(exc)
 
-    def send(self, args: tuple) -> asyncio.Future:
+    def send(self, payload: bytes, count: int) -> asyncio.Future:
+        """Write `count` RESP commands in one go; the future answers the list of their replies."""
         if self.closed or len(self.waiters) >= MAX_PENDING:
             self.transport.close()
             raise RespError("connection closed" if self.closed else "too many replies pending")
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            b = arg if isinstance(arg, bytes) else str(arg).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-        self.transport.write(b"".join(parts))
+        self.transport.write(payload)
         fut = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
+        self.waiters.append(_Pending(fut, count))
         return fut
 
 
 class RespClient:
-    """`await client.execute("MGET", *keys)`; connects lazily and again after a failure. Callers
+    """`await client.execute("GET", key)` or `await client.execute_many([("HMGET", key, *fields), ...])`;
+    connects lazily and again after a failure. Callers
     bound every call with asyncio.timeout(), which also bounds a connection attempt."""
 
     def __init__(self, url: str, connect_timeout_s: float = 0.2):
@@ -123,15 +153,23 @@ class RespClient:
             raise RespError(f"cannot connect: {exc or 'timed out'}") from exc
         if self.password:
             auth = (self.username, self.password) if self.username else (self.password,)
-            await proto.send(("AUTH", *auth))
+            await proto.send(_pack([("AUTH", *auth)]), 1)
         if self.db:
-            await proto.send(("SELECT", self.db))
+            await proto.send(_pack([("SELECT", self.db)]), 1)
         self._proto = proto
         return proto
 
     async def execute(self, *args):
+        return (await self.execute_many([args]))[0]
+
+    async def execute_many(self, commands: list[tuple]) -> list:
+        """Several commands in one write, answered together (RespError if any of them failed)."""
+        return await self.execute_packed(_pack(commands), len(commands))
+
+    async def execute_packed(self, payload: bytes, count: int) -> list:
+        """`count` commands already in RESP, in one write, answered together."""
         proto = await self._connection()
-        return await proto.send(args)
+        return await proto.send(payload, count)
 
     async def aclose(self) -> None:
         if self._proto is not None and self._proto.transport is not None:

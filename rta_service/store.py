@@ -1,7 +1,8 @@
 """Stage 2: the only module that talks to Redis on the request path.
 
-One MGET per micro-batch for every ID of every request in it (on a Cluster, redis-py's
-mget_nonatomic: one round trip per node, in parallel). Timeouts come from the callers' deadlines;
+One round trip per micro-batch for every ID of every request in it: one HMGET per bucket hash
+(docs/specs/profile-store.md), all written at once on the pipelined connection (on a Cluster, a
+redis-py pipeline: one round trip per node, in parallel). Timeouts come from the callers' deadlines;
 there are no client retries. After a connection failure the store is marked down for
 `retry_after_s`, answering at once with StoreUnavailable so fallbacks cost nothing while Redis is
 away; a background loop pings it back to life and re-reads the live keyspace generation.
@@ -52,33 +53,47 @@ class ProfileStore:
         self.retry_after_s = retry_after_s
         self.refresh_s = refresh_s
         self.metrics = metrics
-        self.generation = 0
+        self.live = keyspace.NOTHING
         self.up = False
         self._down_until = 0.0
         self._task: asyncio.Task | None = None
 
-    # -- request path ---------------------------------------------------------------------------
-    def keys_for(self, ids) -> list[str]:
-        """Keys of normalised IDs (ids.NormalizedId) in the live generation."""
-        return [keyspace.device_key(self.ns, self.generation, i.id_type, i.value) for i in ids]
+    @property
+    def generation(self) -> int:
+        return self.live.generation
 
-    async def mget(self, keys: list[str], timeout_s: float) -> list[bytes | None]:
-        if not keys:
+    # -- request path ---------------------------------------------------------------------------
+    async def lookup(self, ids, timeout_s: float) -> list[bytes | None]:
+        """The stored record of each normalised ID (ids.NormalizedId) in the live export, None where absent."""
+        if not ids:
             return []
         if time.monotonic() < self._down_until:
             raise StoreUnavailable(pb.STORE_ERROR, "redis marked down")
-        if self.generation == 0:  # no export is live: "not found" would wrongly mean "unknown device"
-            raise StoreUnavailable(pb.NO_PROFILES, "no profile export in redis")
+        live = self.live
+        if live.generation == 0 or live.bucket_bits is None:  # "not found" would wrongly mean "unknown device"
+            raise StoreUnavailable(pb.NO_PROFILES, "no profile export in redis" if live.generation == 0 else
+                                   "the live profile export is in format 1; re-export with this version")
+        wanted = keyspace.group_by_bucket(self.ns, live, ids)
         try:
             async with asyncio.timeout(timeout_s):
-                if self.cluster:
-                    return await self.client.mget_nonatomic(keys)
-                return await self.client.execute("MGET", *keys)
+                replies = await (self._cluster_pipeline(wanted) if self.cluster else
+                                 self.client.execute_packed(keyspace.pack_hmgets(wanted), len(wanted)))
         except TimeoutError:
             raise StoreUnavailable(pb.STORE_TIMEOUT) from None
         except (RespError, RedisError, OSError) as exc:
             self._mark_down()
             raise StoreUnavailable(pb.STORE_ERROR, str(exc)) from None
+        out: list[bytes | None] = [None] * len(ids)
+        for fields, values in zip(wanted.values(), replies, strict=True):
+            for (pos, _), value in zip(fields, values, strict=True):
+                out[pos] = value
+        return out
+
+    async def _cluster_pipeline(self, wanted) -> list:
+        pipe = self.client.pipeline()
+        for key, fields in wanted.items():
+            pipe.hmget(key, [f for _, f in fields])
+        return await pipe.execute()
 
     def _mark_down(self) -> None:
         self._down_until = time.monotonic() + self.retry_after_s
@@ -98,21 +113,26 @@ class ProfileStore:
             async with asyncio.timeout(timeout_s):
                 key = keyspace.generation_key(self.ns)
                 raw = await (self.client.get(key) if self.cluster else self.client.execute("GET", key))
-            generation = keyspace.parse_generation(raw)
+            live = keyspace.parse_pointer(raw)
         except (TimeoutError, RespError, RedisError, OSError, ValueError) as exc:
             if self.up:
                 log.warning("redis check failed: %s", exc or type(exc).__name__)
             self._set_up(False)
             return False
-        if generation != self.generation:
-            if generation == 0:
+        if live != self.live:
+            if live.generation == 0:
                 log.warning("redis holds no profile export (%s absent): answering fallbacks until the CDP "
                             "exports again", keyspace.generation_key(self.ns))
+            elif live.bucket_bits is None:
+                log.error("the live profile export (%s = %d) is in format 1, which this version does not read: "
+                          "answering fallbacks until the CDP exports in format %d", keyspace.generation_key(self.ns),
+                          live.generation, keyspace.FORMAT_VERSION)
             else:
-                log.info("profile keyspace generation %d -> %d", self.generation, generation)
-            self.generation = generation
+                log.info("profile keyspace generation %d -> %d (%d bucket bits)", self.generation, live.generation,
+                         live.bucket_bits)
+            self.live = live
             if self.metrics:
-                self.metrics.store_generation.set(generation)
+                self.metrics.store_generation.set(live.generation)
         if not self.up:
             log.info("redis answers at %s", _redact(self.url))
         self._down_until = 0.0

@@ -27,6 +27,39 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return bool(predicate())
 
 
+TEST_BUCKET_BITS = 4  # 16 buckets: the IDs of one request usually land in several
+
+
+def put_record(r, ns: str, id_type: int, md5hex: str, profile: profile_pb2.Profile | bytes, generation: int = 1,
+               bucket_bits: int = TEST_BUCKET_BITS) -> None:
+    """One device entry in the keyspace format, and its generation made live."""
+    live = keyspace.Live(generation, bucket_bits)
+    raw = profile if isinstance(profile, bytes) else keyspace.encode_profile(profile)
+    r.hset(*keyspace.locate(ns, live, id_type, md5hex), raw)
+    r.set(keyspace.generation_key(ns), keyspace.pointer_value(generation, bucket_bits))
+
+
+def make_live(r, ns: str = "rta", generation: int = 1, bucket_bits: int = TEST_BUCKET_BITS) -> None:
+    """An export is live, even if it holds no entries."""
+    r.set(keyspace.generation_key(ns), keyspace.pointer_value(generation, bucket_bits))
+
+
+def read_profiles(url: str, ns: str, ids) -> list[profile_pb2.Profile | None]:
+    """What the decision service reads for (id_type, md5) pairs: the service's own store, one lookup."""
+    from rta_service.ids import NormalizedId  # noqa: PLC0415
+    from rta_service.store import ProfileStore  # noqa: PLC0415
+
+    async def lookup():
+        store = ProfileStore(url, ns)
+        try:
+            assert await store.refresh(), "redis did not answer"
+            return await store.lookup([NormalizedId(t, m, i) for i, (t, m) in enumerate(ids)], timeout_s=10)
+        finally:
+            await store.close()
+
+    return [None if raw is None else keyspace.decode_profile(raw) for raw in asyncio.run(lookup())]
+
+
 class ServiceHandle:
     def __init__(self, overrides: dict):
         self.settings = load_settings(**overrides)
@@ -54,12 +87,9 @@ class ServiceHandle:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.settings.redis_url)
 
-    def put_profile(self, id_type: int, md5hex: str, profile: profile_pb2.Profile, generation: int = 1) -> None:
-        """Write one record the way the CDP exporter does, and make its generation live."""
-        r = self.redis
-        r.set(keyspace.device_key(self.settings.redis_namespace, generation, id_type, md5hex),
-              keyspace.encode_profile(profile))
-        r.set(keyspace.generation_key(self.settings.redis_namespace), generation)
+    def put_profile(self, id_type: int, md5hex: str, profile: profile_pb2.Profile | bytes, generation: int = 1) -> None:
+        """Write one record (or raw bytes) the way the CDP exporter does, and make its generation live."""
+        put_record(self.redis, self.settings.redis_namespace, id_type, md5hex, profile, generation)
         self.refresh()
 
     def refresh(self) -> None:

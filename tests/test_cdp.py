@@ -25,6 +25,7 @@ from rta_service import cli, keyspace
 from rta_service.ids import hash_raw
 from rta_service.settings import SettingsError
 from simulate.world import simulate
+from tests.service_handle import read_profiles
 
 AS_OF = dt.date(2025, 6, 1)
 CUTOFF = cutoff_ts(AS_OF)
@@ -206,20 +207,24 @@ def test_profile_fields_on_a_hand_built_person():
 def test_pipeline_exports_decodable_profiles_per_device(small_world, redis_url):
     summary = run(small_world, redis_url, namespace="t")
     client = redis.Redis.from_url(redis_url)
-    assert client.get("t:gen") == b"1"
     profiles, index = build_profiles(read_tables(small_world), AS_OF)
+    bits = summary["export"]["bucket_bits"]
+    assert client.get("t:gen") == f"1:{bits}".encode() and bits == keyspace.bucket_bits_for(len(index))
     keys = sorted(client.scan_iter(match="t:1:*", count=1000))
-    assert len(keys) == len(index) == summary["export"]["keys_written"] > 100
-    assert all(re.fullmatch(rb"t:1:[ioancmw]:[0-9a-f]{32}", k) for k in keys)
+    assert all(re.fullmatch(rb"t:1:[0-9a-f]+", k) for k in keys) and len(keys) == summary["export"]["buckets"]
+    assert sum(client.hlen(k) for k in keys) == len(index) == summary["export"]["keys_written"] > 100
     expected = profiles.set_index("one_id")
-    for id_type, md5, one_id in index.sample(50, random_state=1).itertuples(index=False):
-        stored = keyspace.decode_profile(client.get(keyspace.device_key("t", 1, id_type, md5)))
-        assert stored.one_id == one_id
-        assert stored.order_count == expected.loc[one_id, "order_count"]
-        assert stored.is_member == expected.loc[one_id, "is_member"]
-    raw_values = set(pd.read_parquet(small_world / "devices.parquet")["raw"]) - {""}
-    assert not any(k.decode().rsplit(":", 1)[1] in raw_values for k in keys)
-    assert summary["export"]["bytes_per_key"] > 0 and summary["profiles"] == len(profiles)
+    stored = read_profiles(redis_url, "t", list(zip(index["id_type"], index["md5"], strict=True)))
+    for s, one_id in zip(stored, index["one_id"], strict=True):
+        assert s.one_id == one_id
+        assert s.order_count == expected.loc[one_id, "order_count"]
+        assert s.is_member == expected.loc[one_id, "is_member"]
+        assert list(s.segments) == list(expected.loc[one_id, "segments"])
+    raw_values = {v.encode() for v in pd.read_parquet(small_world / "devices.parquet")["raw"]} - {b""}
+    assert not any(f in raw_values for k in keys for f in client.hkeys(k))
+    assert all(len(f) == keyspace.FIELD_BYTES for f in client.hkeys(keys[0]))
+    assert 0 < summary["export"]["bytes_per_key"] < 150 and summary["profiles"] == len(profiles)
+    assert summary["export"]["layout_warnings"] == [] and set(summary["export"]["encodings"]) <= {"ziplist", "listpack"}
 
 
 def test_generation_switch_is_one_set_then_old_keys_go(redis_url):
@@ -229,26 +234,27 @@ def test_generation_switch_is_one_set_then_old_keys_go(redis_url):
     profiles, index = build_profiles(tables, AS_OF)
     client = redis.Redis.from_url(redis_url)
     first = export(client, profiles, index, ns="rta")
-    assert first["generation"] == 1 and first["keys_written"] == 2 and client.get("rta:gen") == b"1"
-    stale = keyspace.device_key("rta", 2, pb.OAID, "f" * 32)  # left by a crashed run of generation 2
-    client.set(stale, b"junk")
+    assert first["generation"] == 1 and first["keys_written"] == 2 and client.get("rta:gen") == b"1:0"
+    stale = keyspace.bucket_key("rta", 2, 0)  # left by a crashed run of generation 2
+    client.hset(stale, b"junk", b"junk")
     client.set("other:1:o:" + OAID, b"x")  # another namespace: not ours to delete
+    client.set("rta:0:o:" + OAID, b"x")  # a format-1 key of an older generation: deleted with the old ones
     seen = {}
 
     def during_grace(seconds: float) -> None:
         seen["grace"] = seconds
         seen["gen"] = client.get("rta:gen")
-        seen["old"] = sorted(client.scan_iter(match="rta:1:*"))
-        seen["new"] = sorted(client.scan_iter(match="rta:2:*"))
+        seen["old"], seen["new"] = client.hlen("rta:1:0"), client.hlen("rta:2:0")
 
     second = export(client, profiles, index, ns="rta", grace_s=5, sleep=during_grace)
-    assert seen["grace"] == 5 and seen["gen"] == b"2"
-    assert len(seen["old"]) == 2 and len(seen["new"]) == 2  # readers of generation 1 still find everything
-    assert stale.encode() not in seen["new"] and second["stale_keys_cleared"] == 1
-    assert second["generation"] == 2 and second["previous_generation"] == 1 and second["keys_deleted"] == 2
-    assert client.get("rta:gen") == b"2" and not list(client.scan_iter(match="rta:1:*"))
+    assert seen["grace"] == 5 and seen["gen"] == b"2:0"
+    assert seen["old"] == seen["new"] == 2  # readers of generation 1 still find everything
+    assert second["stale_keys_cleared"] == 1 and b"junk" not in client.hkeys("rta:2:0")
+    assert second["generation"] == 2 and second["previous_generation"] == 1
+    assert second["keys_deleted"] == 2  # generation 1's one bucket and the format-1 key
+    assert client.get("rta:gen") == b"2:0" and not list(client.scan_iter(match="rta:[01]:*"))
     assert client.get("other:1:o:" + OAID) == b"x"
-    record = keyspace.decode_profile(client.get(keyspace.device_key("rta", 2, pb.OAID, OAID)))
+    record = read_profiles(redis_url, "rta", [(pb.OAID, OAID)])[0]
     assert record.order_count == 1 and record.last_order_ts == CUTOFF - 10 * DAY
 
 
@@ -280,6 +286,24 @@ def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["identity"]["pairwise_precision"] >= 0.999 and report["identity"]["true_persons"] == 3000
     assert report["identity"]["one_ids"] == summary["profiles"]
+
+
+def test_cdp_run_incremental_from_the_command_line(small_world, redis_url, tmp_path, capsys):
+    base = ["cdp", "run", "--input", str(small_world), "--redis-url", redis_url, "--namespace", "inc", "--grace-s", "0"]
+    with pytest.raises(SettingsError, match="state_dir"):
+        load_config(input=small_world, export_mode="incremental")
+    config = tmp_path / "cdp.yaml"
+    config.write_text(f"input: {small_world}\nstate_dir: {tmp_path / 'state'}\n")
+    incremental = [*base, "--config", str(config), "--export-mode", "incremental", "--write-rate", "1000000"]
+    assert cli.main(incremental) == 0
+    first = json.loads(capsys.readouterr().out)["export"]
+    assert first["mode"] == "full" and first["generation"] == 1  # nothing to compare with yet
+    assert cli.main(incremental) == 0
+    out, err = capsys.readouterr()
+    second = json.loads(out)["export"]
+    assert second["mode"] == "incremental" and second["generation"] == 1
+    assert second["keys_written"] == second["keys_deleted"] == 0 and second["unchanged"] == first["keys_written"]
+    assert "0 device entries written" in err
 
 
 def test_a_cluster_past_the_size_limit_fails_the_run():

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rta.v1 import decision_pb2 as pb
 from rta.v1 import profile_pb2
 from rta_service.embedded_redis import EmbeddedRedis
-from tests.service_handle import wait_for
+from tests.service_handle import make_live, wait_for
 
 OAID = "c0535cfbee4c09086c42fa39f120250f"
 REQUEST = pb.DecideRequest(request_id="d", device_ids=[pb.DeviceId(type=pb.OAID, value=OAID)])
@@ -138,7 +138,7 @@ def test_sigterm_finishes_calls_in_flight_then_exits_zero(own_redis, golden_mode
     from rta.v1 import decision_pb2_grpc as pb_grpc
     from tests.conftest import TEST_POLICY
 
-    redis.Redis.from_url(own_redis.url).set("rta:gen", 1)  # a live (empty) export: the service gets ready
+    make_live(redis.Redis.from_url(own_redis.url))  # a live (empty) export: the service gets ready
     server = ServerProcess(redis_url=own_redis.url, model_path=golden_model_path, policy_path=TEST_POLICY,
                            redis_timeout_ms=2000, shutdown_grace_s=5).start()
     try:

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 from rta.v1 import decision_pb2 as pb
 from rta.v1 import profile_pb2
-from rta_service import keyspace
+from tests.service_handle import make_live
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.json"))
 
@@ -53,14 +53,12 @@ def test_golden_case(case_file, service):
     svc = service()
     now = time.time()
     r = svc.redis
-    r.set(keyspace.generation_key("rta"), 1)  # an export is live, even if none of its keys is in the case
+    make_live(r)  # an export is live, even if none of its keys is in the case
     svc.refresh()
     for entry in case["store"]:
         id_type = pb.IdType.Value(entry["id_type"])
         if "raw_text" in entry:
-            r.set(keyspace.device_key("rta", 1, id_type, entry["md5"]), entry["raw_text"].encode())
-            r.set(keyspace.generation_key("rta"), 1)
-            svc.refresh()
+            svc.put_profile(id_type, entry["md5"], entry["raw_text"].encode())
         else:
             profile = json_format.ParseDict(_resolve_now(entry["profile"], now), profile_pb2.Profile())
             svc.put_profile(id_type, entry["md5"], profile)

@@ -14,7 +14,7 @@ from rta.v1 import decision_pb2 as pb
 from rta.v1 import profile_pb2
 from rta_service import bucketing, features, keyspace
 from rta_service import policy as pol
-from rta_service.ids import IdNormalizer, hash_raw
+from rta_service.ids import IdNormalizer, NormalizedId, hash_raw
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "bucketing.json").read_text())
 
@@ -104,7 +104,38 @@ def test_profile_round_trip_and_version_check():
         keyspace.decode_profile(profile_pb2.Profile(version=keyspace.PROFILE_VERSION + 1).SerializeToString())
     with pytest.raises(keyspace.BadRecord):
         keyspace.decode_profile(b"\xff\xff\xff")
-    assert keyspace.device_key("rta", 3, pb.OAID, "ab") == "rta:3:o:ab"
+
+
+def test_keyspace_buckets_fields_and_pointer():
+    md5 = "c0535cfbee4c09086c42fa39f120250f"
+    live = keyspace.Live(3, 12)
+    assert keyspace.locate("rta", live, pb.OAID, md5) == ("rta:3:c05", b"o" + bytes.fromhex(md5))
+    assert keyspace.bucket_of(md5, 0) == 0 and keyspace.bucket_of(md5, 4) == 0xC
+    assert keyspace.bucket_of(md5, 24) == 0xC0535C
+    raw = keyspace.md5_bytes([md5, "f" * 32])
+    assert keyspace.buckets_of(raw, 12).tolist() == [0xC05, 0xFFF]  # the vectorised form agrees
+    assert keyspace.device_fields([pb.OAID, pb.IMEI], raw)[0].tobytes() == keyspace.device_field(pb.OAID, md5)
+    with pytest.raises(ValueError):
+        keyspace.md5_bytes(["C0535CFBEE4C09086C42FA39F120250F"])  # readers lower-case; writers must too
+    assert keyspace.parse_pointer(keyspace.pointer_value(7, 14)) == (7, 14)
+    assert keyspace.parse_pointer(None) == (0, 0)
+    assert keyspace.parse_pointer(b"7") == (7, None)  # format 1: not read by this version
+    for bad in (b"x", b"-1:3", b"3:25"):
+        with pytest.raises(ValueError):
+            keyspace.parse_pointer(bad)
+    assert [keyspace.bucket_bits_for(n) for n in (0, 64, 65, 1_100_000)] == [0, 0, 1, 15]
+    assert keyspace.is_generation_key("rta", b"rta:3:c05") == 3
+    assert keyspace.is_generation_key("rta", b"rta:2:o:" + md5.encode()) == 2  # format 1 keys are cleaned up too
+    for other in (b"rta:gen", b"rta:decisions", b"rtax:3:1"):
+        assert keyspace.is_generation_key("rta", other) is None
+    same_bucket = "c05" + "0" * 29
+    ids = [NormalizedId(pb.OAID, md5, 0), NormalizedId(pb.IMEI, same_bucket, 1), NormalizedId(pb.IDFA, "f" * 32, 2)]
+    groups = keyspace.group_by_bucket("rta", live, ids)  # the request path's inlined locate
+    assert groups == {"rta:3:c05": [(0, keyspace.device_field(pb.OAID, md5)),
+                                    (1, keyspace.device_field(pb.IMEI, same_bucket))],
+                      "rta:3:fff": [(2, keyspace.device_field(pb.IDFA, "f" * 32))]}
+    assert all(keyspace.locate("rta", live, i.id_type, i.value)[0] in groups for i in ids)
+    assert keyspace.pack_hmgets({"k": [(0, b"ab")]}) == b"*3\r\n$5\r\nHMGET\r\n$1\r\nk\r\n$2\r\nab\r\n"
 
 
 # -- policy -------------------------------------------------------------------------------------
@@ -169,8 +200,9 @@ def test_a_call_out_of_time_does_not_hold_back_its_batch(redis_url, golden_model
     from rta_service.model import OnnxModel
     from rta_service.store import ProfileStore
     from tests.conftest import TEST_POLICY
+    from tests.service_handle import make_live
 
-    redis.Redis.from_url(redis_url).set(keyspace.generation_key("rta"), 1)
+    make_live(redis.Redis.from_url(redis_url))
 
     async def run():
         store = ProfileStore(redis_url, "rta")
