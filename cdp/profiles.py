@@ -163,7 +163,8 @@ def build_profiles(tables: dict[str, pd.DataFrame], as_of: dt.date, built_ts: in
 def to_message(row) -> profile_pb2.Profile:
     """One profiles row (a namedtuple or mapping with COLUMNS) as an rta.v1.Profile."""
     get = row.__getitem__ if isinstance(row, dict) else lambda name: getattr(row, name)
-    return profile_pb2.Profile(
+    scores = (row.get("scores") if isinstance(row, dict) else getattr(row, "scores", None)) or {}
+    return profile_pb2.Profile(scores=scores,
         version=keyspace.PROFILE_VERSION, one_id=get("one_id"), is_member=bool(get("is_member")),
         segments=list(get("segments")), order_count=int(get("order_count")), last_order_ts=int(get("last_order_ts")),
         first_seen_ts=int(get("first_seen_ts")), monetary_fen=int(get("monetary_fen")),
