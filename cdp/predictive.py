@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from sklearn.metrics import roc_auc_score
 
 from training.evaluate import metrics
 
@@ -48,6 +49,8 @@ FIRST = "p_first_purchase"
 FEATURES = ("order_count", "monetary_fen", "avg_order_fen", "days_since_last_order", "days_since_first_seen",
             "days_since_latest_record", "channel_count", "device_count", "is_member", "wecom_friend", "has_guide",
             "r_score", "f_score", "m_score", "top_hour", "top_weekday", "top_channel")
+# A one-feature rule per population (buyer or not) the model should beat: the more recently seen, the likelier.
+BASELINE = {False: "days_since_latest_record", True: "days_since_last_order"}
 SPLIT = (0.6, 0.8)  # OneIDs: train below 0.6 of a random draw, valid below 0.8, test the rest
 # Small and fixed: with a few hundred positives, early stopping on the valid AUC stopped at 1-40 trees
 # depending on noise; 150 trees of 7 leaves ranked as well or better and gave lower log loss on
@@ -157,7 +160,8 @@ def _split(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(n)
 
 
-def fit(frame: pd.DataFrame, name: str, seed: int, min_positives: int) -> tuple[Model | None, dict]:
+def fit(frame: pd.DataFrame, name: str, seed: int, min_positives: int,
+        baseline: str | None = None) -> tuple[Model | None, dict]:
     """Train one population's model on frame [one_id, label, *FEATURES] sorted by one_id (LightGBM's bagging
     depends on row order); (None, info with the reason under "skipped") when too few positives."""
     y = frame["label"].to_numpy(dtype=np.int8)
@@ -185,6 +189,9 @@ def fit(frame: pd.DataFrame, name: str, seed: int, min_positives: int) -> tuple[
                  "scale_pos_weight": round(clf.get_params()["scale_pos_weight"], 3),
                  "test": metrics(y[test], model.predict(X[test])),
                  "test_uncalibrated_logloss": metrics(y[test], raw)["logloss"],
+                 "baseline": None if baseline is None else {
+                     "rule": f"the smaller {baseline}, the likelier",
+                     "auc": round(float(roc_auc_score(y[test], -frame[baseline].fillna(1e9).to_numpy()[test])), 4)},
                  "importance": dict(sorted(zip(FEATURES, clf.booster_.feature_importance("gain").round(1).tolist(),
                                                strict=True), key=lambda kv: -kv[1])[:5])})
     return model, info
@@ -255,7 +262,7 @@ def run(tables: dict[str, ir.Table], res_now: Resolution, profiles_now: ir.Table
     for is_buyer, name in ((False, FIRST), (True, repurchase)):
         rows = sample(past.filter(past.buyer == is_buyer), max_train_rows)
         frame = rows.to_pandas().sort_values("one_id", ignore_index=True)
-        model, info = fit(frame, name, seed, min_positives)
+        model, info = fit(frame, name, seed, min_positives, BASELINE[is_buyer])
         summary["models"][name] = info
         if model is None:
             say(f"[cdp]   {name}: not trained: {info['skipped']}")
@@ -273,13 +280,14 @@ def run(tables: dict[str, ir.Table], res_now: Resolution, profiles_now: ir.Table
 
 
 def describe(info: dict) -> str:
-    """One line: counts, AUC, log loss and the calibration in a few bins."""
+    """One line: counts, AUC (and the one-feature rule's), log loss and the calibration in a few bins."""
     m = info["test"]
     bins = m["calibration"]
     cal = ", ".join(f"{b['predicted']:.3f}->{b['observed']:.3f}" for b in (bins[0], bins[len(bins) // 2], bins[-1]))
     return (f"{info['rows']:,} OneIDs, {info['positives']:,} positives ({info['base_rate']:.2%}); test AUC "
-            f"{m['auc']}, log loss {m['logloss']} (uncalibrated {info['test_uncalibrated_logloss']}), "
-            f"calibration predicted->observed lowest/middle/highest bin {cal}")
+            f"{m['auc']} (one-feature rule {info['baseline']['auc']}), log loss {m['logloss']} "
+            f"(uncalibrated {info['test_uncalibrated_logloss']}), calibration predicted->observed "
+            f"lowest/middle/highest bin {cal}")
 
 
 def stage(cfg, tables: dict[str, ir.Table], res: Resolution, profiles: ir.Table, as_of: dt.date, work: Path,
