@@ -58,6 +58,7 @@ def test_models_rank_and_are_calibrated_on_held_out_oneids(built):
         assert m["positives"] >= 40
         assert m["auc"] > 0.65, name  # ~0.74 on this world; 0.5 is chance
         assert m["lift"]["10%"] > 2
+        assert m["auc"] > info["baseline"]["auc"]  # better than ranking by recency alone
         assert sum(info["split"].values()) == info["rows"] and info["split"]["test"] == m["n"]
         bins = m["calibration"]
         assert sum(b["n"] for b in bins) == m["n"]
