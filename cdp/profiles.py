@@ -161,7 +161,8 @@ def build_profiles(tables: dict[str, pd.DataFrame], as_of: dt.date, built_ts: in
 
 
 def to_message(row) -> profile_pb2.Profile:
-    """One profiles row (a namedtuple or mapping with COLUMNS) as an rta.v1.Profile."""
+    """One profiles row (a namedtuple or mapping with COLUMNS, and optionally `scores`: {name: probability},
+    cdp.predictive.attach) as an rta.v1.Profile."""
     get = row.__getitem__ if isinstance(row, dict) else lambda name: getattr(row, name)
     scores = (row.get("scores") if isinstance(row, dict) else getattr(row, "scores", None)) or {}
     return profile_pb2.Profile(scores=scores,
