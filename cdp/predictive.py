@@ -197,10 +197,10 @@ def fit(frame: pd.DataFrame, name: str, seed: int, min_positives: int,
     return model, info
 
 
-def score(features: ir.Table, models: dict[bool, Model], path: Path, batch_rows: int = SCORE_BATCH) -> int:
+def score(features: ir.Table, models: dict[bool, Model], path: Path, names: tuple[str, ...],
+          batch_rows: int = SCORE_BATCH) -> int:
     """Score every OneID of `features` (as of now) with the model of its population (buyer or not) and
     write [one_id, FIRST, repurchase] to a Parquet file at `path`, batch by batch; returns rows written."""
-    names = sorted({m.name for m in models.values()} | {FIRST})
     schema = pa.schema([("one_id", pa.string())] + [(n, pa.float64()) for n in names])
     written = 0
     features = materialize(features)
@@ -274,7 +274,7 @@ def run(tables: dict[str, ir.Table], res_now: Resolution, profiles_now: ir.Table
         return summary
     path = Path(work) / "scores.parquet"
     now = features_as_of(tables, res_now, profiles_now, cutoff_ts(as_of))
-    summary["scored"] = score(now, models, path)
+    summary["scored"] = score(now, models, path, (FIRST, repurchase))
     summary["file"] = str(path)
     return summary
 

@@ -122,16 +122,26 @@ def test_labels_are_orders_in_the_window_after_t0(world):
     assert len(expected) > 300
 
 
-def test_too_few_positives_skips_the_models_with_a_reason(world, tmp_path):
-    cfg = CdpConfig(input=world, work_dir=tmp_path, predictive=PredictiveConfig(min_positives=100_000))
+@pytest.mark.parametrize("which", ["both", "first_purchase_only"])
+def test_too_few_positives_skips_the_models_with_a_reason(world, built, tmp_path, which):
+    positives = {name: info["positives"] for name, info in built[0]["models"].items()}
+    assert positives[predictive.FIRST] < positives[REPURCHASE]
+    floor = 100_000 if which == "both" else positives[REPURCHASE]
+    skipped = (predictive.FIRST, REPURCHASE) if which == "both" else (predictive.FIRST,)
+    cfg = CdpConfig(input=world, work_dir=tmp_path, predictive=PredictiveConfig(min_positives=floor))
     lines = []
     _con, stages, _profiles, _index, res, _as_of = build(cfg, progress=lines.append)
-    for name in (predictive.FIRST, REPURCHASE):
-        assert "fewer than min_positives=100000" in stages.predictive["models"][name]["skipped"]
+    for name in skipped:
+        assert f"fewer than min_positives={floor}" in stages.predictive["models"][name]["skipped"]
         assert any(f"{name}: not trained" in line for line in lines)
-    assert "file" not in stages.predictive and not (tmp_path / "scores.parquet").exists()
     tags = res.tags.to_pandas()
-    assert tags[predictive.FIRST].isna().all() and tags[REPURCHASE].isna().all()
+    for name in skipped:
+        assert tags[name].isna().all()
+    if which == "both":
+        assert "file" not in stages.predictive and not (tmp_path / "scores.parquet").exists()
+    else:  # the other model still scores its population, and both columns exist for segments
+        assert "skipped" not in stages.predictive["models"][REPURCHASE]
+        assert tags.loc[tags["order_count"] > 0, REPURCHASE].notna().all()
 
 
 def test_scores_reach_the_redis_profile_and_yaml_segments(world, redis_url, tmp_path):
