@@ -274,11 +274,13 @@ def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
     out, err = capsys.readouterr()
     summary = json.loads(out)
     assert summary["export"]["generation"] == 1 and summary["segments"]["profiles"] == summary["profiles"]
-    assert "[cdp] ingest" in err and "[cdp] export" in err
+    assert "[cdp] ingest" in err and "[cdp] export" in err and "[cdp] predictive" in err
+    assert set(summary["predictive"]["models"]) == {"p_first_purchase", "p_repurchase_30d"}
     assert cli.main(["cdp", "report", "--input", str(small_world)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["identity"]["pairwise_precision"] >= 0.999 and report["identity"]["true_persons"] == 3000
     assert report["identity"]["one_ids"] == summary["profiles"]
+    assert report["predictive"]["models"] == summary["predictive"]["models"]  # same data, same seed
 
 
 def test_a_cluster_past_the_size_limit_fails_the_run():
