@@ -235,13 +235,14 @@ def training_set(tables: dict[str, ir.Table], res_now: Resolution, as_of: dt.dat
     profiles_t0, index_t0, res_t0 = profile_tables(tables, t0, built_ts=0, tags=True, **kwargs)
     positive = labels(tables, res_t0, res_now, start, end).mutate(label=ibis.literal(1, "int8"))
     past = features_as_of(tables, res_t0, profiles_t0, start).left_join(positive, "one_id")
+    past = past.mutate(label=past.label.fill_null(0).cast("int8")).pipe(materialize)  # read twice per population
 
     def release_all() -> None:
-        for done in (profiles_t0, index_t0, res_t0.tags):
+        for done in (past, profiles_t0, index_t0, res_t0.tags):
             release(done)
         res_t0.release()
 
-    return past.mutate(label=past.label.fill_null(0).cast("int8")), release_all
+    return past, release_all
 
 
 def run(tables: dict[str, ir.Table], res_now: Resolution, profiles_now: ir.Table, as_of: dt.date, work: Path,
