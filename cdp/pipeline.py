@@ -1,6 +1,7 @@
 """`rta cdp`: read the private-domain tables, resolve OneIDs, build profiles as of a date, publish them to Redis.
 
-Stages (each printed with its wall time when `progress` is given): ingest -> oneid -> profiles -> export.
+Stages (each printed with its wall time when `progress` is given): ingest -> oneid+profiles -> predictive
+(cdp/predictive.py, unless predictive.enabled is false) -> tags -> collect -> export.
 """
 
 from __future__ import annotations
