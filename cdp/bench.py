@@ -7,6 +7,7 @@ Builds a simulated world of `people`, then times each stage and samples this pro
     oneid      identifiers -> label propagation -> OneIDs
     profiles   profile aggregates and the device index
     tags       cdp.tags
+    predictive cdp.predictive: OneID, profiles and tags again as of T0, two models trained, everyone scored
     export     rta.v1.Profile per device ID into bucketed hashes of a throw-away redis-server (Redis's own
                used_memory is reported per device ID)
 
@@ -34,7 +35,7 @@ import redis
 from rta_service import keyspace
 from rta_service.embedded_redis import EmbeddedRedis, find_redis_server
 
-from . import engine, ingest, validate
+from . import engine, ingest, predictive, validate
 from .engine import materialize
 from .export import export
 from .identity import Guardrails, edges, propagate, resolve
@@ -178,8 +179,12 @@ def run_bench(people: int, engine_name: str = "duckdb", seed: int = 7, workdir: 
         profile_t = profile_table(t_in, res, index_t, cutoff, built_ts=cutoff).pipe(materialize)
         profiles, index = to_frame(profile_t), index_frame(index_t)
     with Stage("tags", stages, say):
-        tag_table(t_in, res, profile_t, cutoff).to_parquet(workdir / "tags.parquet")
-    stages["predictive_tags"] = "not built yet"
+        res.tags = tag_table(t_in, res, profile_t, cutoff).pipe(materialize)
+        res.tags.to_parquet(workdir / "tags.parquet")
+    with Stage("predictive", stages, say):
+        results["predictive"] = predictive.run(t_in, res, profile_t, AS_OF, workdir, guardrails=Guardrails(1000),
+                                               progress=say)
+        profiles = predictive.attach(profiles, results["predictive"])  # the scores go to Redis too
     with EmbeddedRedis(extra_args=("--save", "", "--appendonly", "no")) as server:
         with Stage("export", stages, say):
             exported = export(redis.Redis.from_url(server.url, socket_timeout=120), profiles, index, ns="bench",

@@ -19,6 +19,18 @@ from .identity import DEFAULT_CAPS
 IdentifierKind = Literal["phone", "unionid", "member", "wecom", "buyer", "openid", "dev"]
 
 
+class PredictiveConfig(BaseModel):
+    """cdp/predictive.py: first-purchase and repurchase models trained on a time split, scores as of as_of."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    horizon_days: Annotated[int, Field(ge=1, le=365)] = 30  # labels: orders in the N days before as_of
+    min_positives: Annotated[int, Field(ge=1)] = 50  # fewer positives in the training window: no model
+    max_train_rows: Annotated[int, Field(ge=1000)] = 500_000  # OneIDs per population, sampled by OneID hash
+    seed: int = 7
+
+
 class CdpConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,6 +47,7 @@ class CdpConfig(BaseModel):
     # most distinct values of an identifier kind one person may hold; the excess stop linking (docs/cdp.md)
     identifier_caps: dict[IdentifierKind, Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: dict(DEFAULT_CAPS))
+    predictive: PredictiveConfig = Field(default_factory=PredictiveConfig)  # predictive tags (cdp/predictive.py)
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "rta"
     grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # before deleting the old generation

@@ -72,7 +72,8 @@ def from_config(cfg, since, out: Path, progress=None) -> dict:
     from .profiles import cutoff_ts  # noqa: PLC0415
 
     cfg = cfg.model_copy(update={"work_dir": cfg.work_dir or Path(engine.scratch_dir("rta-cdp-conv-")),
-                                 "state_dir": None})
+                                 "state_dir": None,  # and no predictive tags: events need OneIDs only
+                                 "predictive": cfg.predictive.model_copy(update={"enabled": False})})
     con, stages, _profiles, _index, res, as_of = build(cfg, progress)
     since_ts, until_ts = cutoff_ts(since), cutoff_ts(as_of)
     if since_ts >= until_ts:

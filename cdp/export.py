@@ -280,15 +280,15 @@ def _records(profiles: pd.DataFrame, index: pd.DataFrame) -> tuple[wire.Ragged, 
     """(each person's record, the person row of each device entry of `index`, each person's record
     without `updated_ts`). The last is what digests are taken of: `updated_ts` changes every run, and
     an unchanged record keeps the build time it was first written with."""
-    from .profiles import COLUMNS  # noqa: PLC0415 - profiles imports the engine; keep this module light
+    from .profiles import COLUMNS, score_columns  # noqa: PLC0415 - profiles imports the engine; keep this module light
 
     pos = pc.index_in(pa.array(index["one_id"]), value_set=pa.array(profiles["one_id"]))
     pos = pos.fill_null(-1).to_numpy().astype(np.int64)
     if (pos < 0).any():
         raise ValueError(f"{int((pos < 0).sum())} device IDs point at OneIDs without a profile")
-    frame = profiles[list(COLUMNS)]
+    frame = profiles[list(COLUMNS) + score_columns(profiles.columns)]
     unstamped = wire.encode_profiles(frame, stamp=False)
-    stamped = wire.compact(wire.padded(unstamped), wire.int_field(12, frame["updated_ts"]))
+    stamped = wire.encode_profiles(frame)
     return stamped, pos, unstamped
 
 

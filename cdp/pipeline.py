@@ -1,6 +1,7 @@
 """`rta cdp`: read the private-domain tables, resolve OneIDs, build profiles as of a date, publish them to Redis.
 
-Stages (each printed with its wall time when `progress` is given): ingest -> oneid -> profiles -> export.
+Stages (each printed with its wall time when `progress` is given): ingest -> oneid+profiles -> predictive
+(cdp/predictive.py, unless predictive.enabled is false) -> tags -> collect -> export.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import ibis
 import pandas as pd
 
-from . import engine, ingest, validate
+from . import engine, ingest, predictive, validate
 from .config import CdpConfig
 from .export import connect, export
 from .identity import Guardrails, change_log, changes
@@ -59,6 +60,7 @@ class Stages:
         self.ingest: dict = {}
         self.oneid_changes: dict | None = None
         self.tags: dict = {}
+        self.predictive: dict = {}
 
     def done(self, stage: str, detail: str = "") -> None:
         now = time.perf_counter()
@@ -88,6 +90,10 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds"
                 + (f"; OneIDs vs last run: {moved}" if moved else ""))
     stages.oneid_changes = moved
+    if cfg.predictive.enabled:
+        stages.predictive, res.tags = predictive.stage(cfg.predictive, tables, res, profiles, as_of, work,
+                                                       guardrails, progress)
+        stages.done("predictive", predictive.headline(stages.predictive))
     segments = load_segments(cfg.segments_file) if cfg.segments_file else {}
     tagged = apply_segments(res.tags, segments)
     tagged.to_parquet(work / "tags.parquet")
@@ -139,7 +145,8 @@ def _compare_with_last_run(con, state_dir: Path, res) -> dict | None:
 def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Build profiles as configured and export them as a new generation; returns a summary."""
     con, stages, profile_t, index_t, res, as_of = build(cfg, progress)
-    profiles, index = with_segments(to_frame(profile_t), res.tags), index_frame(index_t)
+    profiles = predictive.attach(with_segments(to_frame(profile_t), res.tags), stages.predictive)
+    index = index_frame(index_t)
     n_records = res.records.count().to_pyarrow().as_py()
     segments = segment_sizes(profile_t)
     stages.done("collect", f"{len(profiles):,} profiles, {len(index):,} device IDs")
@@ -164,6 +171,7 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
         "ingest": stages.ingest,
         "oneid_changes": stages.oneid_changes,
         "tags": stages.tags,
+        "predictive": stages.predictive,
         "stage_seconds": stages.seconds,
         "export": exported,
     }
@@ -193,6 +201,7 @@ def report(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dic
         out["identity"] = identity_accuracy(con, cfg.input, res)
     out["segments"] = segment_sizes(profiles)
     out["tags"] = stages.tags
+    out["predictive"] = stages.predictive
     stages.done("report")
     out["stage_seconds"] = stages.seconds
     return out

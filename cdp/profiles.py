@@ -11,6 +11,7 @@ The logic is Ibis expressions (`profile_tables`) that run on whichever engine ho
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 
 import ibis
@@ -162,10 +163,21 @@ def build_profiles(tables: dict[str, pd.DataFrame], as_of: dt.date, built_ts: in
     return out
 
 
+SCORE_PREFIX = "score_"  # float columns `score_{name}` (NaN = none) are the profile's `scores` map
+
+
+def score_columns(columns) -> list[str]:
+    """The `score_{name}` columns among `columns`, sorted by name (the order they are encoded in)."""
+    return sorted(c for c in columns if c.startswith(SCORE_PREFIX))
+
+
 def to_message(row) -> profile_pb2.Profile:
-    """One profiles row (a namedtuple or mapping with COLUMNS) as an rta.v1.Profile."""
-    get = row.__getitem__ if isinstance(row, dict) else lambda name: getattr(row, name)
-    return profile_pb2.Profile(
+    """One profiles row (a namedtuple or mapping with COLUMNS, and optionally `score_{name}` columns,
+    cdp.predictive.attach) as an rta.v1.Profile."""
+    fields = row if isinstance(row, dict) else row._asdict()
+    get = fields.__getitem__
+    scores = {c[len(SCORE_PREFIX):]: float(get(c)) for c in score_columns(fields) if not math.isnan(get(c))}
+    return profile_pb2.Profile(scores=scores,
         version=keyspace.PROFILE_VERSION, one_id=get("one_id"), is_member=bool(get("is_member")),
         segments=list(get("segments")), order_count=int(get("order_count")), last_order_ts=int(get("last_order_ts")),
         first_seen_ts=int(get("first_seen_ts")), monetary_fen=int(get("monetary_fen")),

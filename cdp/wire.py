@@ -19,6 +19,8 @@ import pyarrow as pa
 from rta.v1 import profile_pb2
 from rta_service import keyspace
 
+from .profiles import SCORE_PREFIX, score_columns
+
 
 class Ragged(NamedTuple):
     """n variable-length byte strings, stored: row i is flat[offsets[i]:offsets[i + 1]]."""
@@ -54,11 +56,15 @@ def padded(column: Ragged) -> Padded:
     return Padded(matrix, keep)
 
 
+def side_by_side(*parts: Padded) -> Padded:
+    """Row i of the result is row i of each part, in order (not yet compacted)."""
+    return Padded(np.concatenate([p.matrix for p in parts], axis=1), np.concatenate([p.keep for p in parts], axis=1))
+
+
 def compact(*parts: Padded) -> Ragged:
     """Row i of the result is row i of each part, joined in order."""
-    matrix = np.concatenate([p.matrix for p in parts], axis=1)
-    keep = np.concatenate([p.keep for p in parts], axis=1)
-    return Ragged(matrix[keep], keep.sum(axis=1, dtype=np.int64))
+    p = side_by_side(*parts)
+    return Ragged(p.matrix[p.keep], p.keep.sum(axis=1, dtype=np.int64))
 
 
 def take(column: Ragged, rows: np.ndarray) -> Ragged:
@@ -166,7 +172,23 @@ def encode_profiles(profiles: pd.DataFrame, stamp: bool = True) -> Ragged:
         int_field(3, col("is_member")),
         repeated_strings(4, col("segments")),
         *(int_field(number, col(name)) for number, name in numbered),
+        *(score_entry(name[len(SCORE_PREFIX):], col(name)) for name in score_columns(profiles.columns)),
     )
+
+
+def score_entry(name: str, values) -> Padded:
+    """One entry of the `scores` map (field 13, map<string, float>) per row, omitted where NaN: the
+    entry message {1: name, 2: float32} as a length-delimited field 13. Entries of several names are
+    encoded in name order, as protobuf's deterministic serialization does."""
+    key = name.encode()
+    entry = bytes([0x0A, len(key)]) + key + b"\x15"  # field 1 (string), then field 2's tag (fixed32)
+    assert len(entry) + 4 < 128 and len(key) < 128, "score names are short"
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    head = const(bytes([(13 << 3) | 2, len(entry) + 4]) + entry, n)
+    value = fixed(v.astype("<f4").view(np.uint8).reshape(n, 4))
+    p = side_by_side(head, value)
+    return Padded(p.matrix, p.keep & ~np.isnan(v)[:, None])
 
 
 def resp_bulk(column: Ragged) -> tuple[Padded, ...]:

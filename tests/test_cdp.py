@@ -281,11 +281,13 @@ def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
     out, err = capsys.readouterr()
     summary = json.loads(out)
     assert summary["export"]["generation"] == 1 and summary["segments"]["profiles"] == summary["profiles"]
-    assert "[cdp] ingest" in err and "[cdp] export" in err
+    assert "[cdp] ingest" in err and "[cdp] export" in err and "[cdp] predictive" in err
+    assert set(summary["predictive"]["models"]) == {"p_first_purchase", "p_repurchase_30d"}
     assert cli.main(["cdp", "report", "--input", str(small_world)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["identity"]["pairwise_precision"] >= 0.999 and report["identity"]["true_persons"] == 3000
     assert report["identity"]["one_ids"] == summary["profiles"]
+    assert report["predictive"]["models"] == summary["predictive"]["models"]  # same data, same seed
 
 
 def test_cdp_run_incremental_from_the_command_line(small_world, redis_url, tmp_path, capsys):
@@ -495,9 +497,8 @@ def test_a_yaml_segment_reaches_the_redis_profile_and_a_policy_audience_over_it_
     summary = run_config(CdpConfig(input=world, as_of=AS_OF, redis_url=redis_url, grace_s=0,
                                    segments_file=segments, work_dir=tmp_path / "work"))
     assert summary["tags"]["segments"] == {"repeat_buyers": 1}
-    client = redis.Redis.from_url(redis_url)
-    stored = {t: keyspace.decode_profile(client.get(keyspace.device_key("rta", 1, t, md5)))
-              for t, md5 in ((pb.OAID, OAID), (pb.IMEI, IMEI))}
+    oaid, imei = read_profiles(redis_url, "rta", [(pb.OAID, OAID), (pb.IMEI, IMEI)])
+    stored = {pb.OAID: oaid, pb.IMEI: imei}
     assert list(stored[pb.OAID].segments) == ["member", "buyer", "vip", "repeat_buyers"]  # fixed ones first
     assert list(stored[pb.IMEI].segments) == ["member", "buyer"]
 

@@ -43,6 +43,13 @@ def test_vectorised_encoding_is_protobufs_own():
     frame = pd.concat([profiles, odd], ignore_index=True)
     expected = [to_message(row).SerializeToString() for row in frame.itertuples(index=False)]
     assert wire.encode_profiles(frame).to_list() == expected
+    # predictive scores (cdp.predictive.attach): a float column per score, NaN where a person has none
+    rng = np.random.default_rng(3)
+    scored = frame.assign(score_p_first_purchase=np.where(rng.random(len(frame)) < 0.5, rng.random(len(frame)), np.nan),
+                          score_p_repurchase_30d=np.where(rng.random(len(frame)) < 0.5, 0.0, np.nan))
+    expected = [to_message(row).SerializeToString(deterministic=True) for row in scored.itertuples(index=False)]
+    assert wire.encode_profiles(scored).to_list() == expected
+    assert sum(len(to_message(row).scores) == 2 for row in scored.itertuples(index=False)) > 50
     digits = wire.compact(wire.decimals(np.array([0, 7, 10, 999, 12345]))).to_list()
     assert digits == [b"0", b"7", b"10", b"999", b"12345"]
     assert wire.compact(*wire.resp_bulk(wire.from_bytes([b"ab", b""]))).to_list() == [b"$2\r\nab\r\n", b"$0\r\n\r\n"]

@@ -1,0 +1,343 @@
+"""Predictive tags: the probability of a first purchase (non-buyers) and of a repurchase within N days
+(buyers), from two LightGBM models trained on a time split.
+
+    T0 = as_of - N days. Features of every OneID as of T0 come from the same profile and tag expressions
+    the pipeline builds as of as_of (cdp.profiles.profile_tables with as_of=T0: the inputs before T0,
+    resolved into OneIDs as they were at T0), so nothing after T0 reaches a feature. The label of a
+    T0 OneID is whether the person (its records' OneIDs as of as_of) placed an order in
+    [T0 00:00, T0 + N days 00:00) (UTC+8), which lies wholly before as_of: every label is observed.
+
+    Per population (non-buyers at T0 -> first purchase, buyers at T0 -> repurchase), OneIDs are split
+    at random (fixed seed) into train 60% / valid 20% / test 20%. A small LightGBM (PARAMS) fits on train
+    with the rare positives weighted up (scale_pos_weight); a Platt calibration fitted
+    on valid maps the weighted raw scores back to probabilities (training.retrain.calibration_table);
+    AUC, log loss, Brier and a calibration table (10 quantile bins: mean predicted vs observed rate) are
+    measured on test (training.evaluate.metrics). Then every OneID is scored with its features as of
+    as_of, the current state: `p_first_purchase` for non-buyers, `p_repurchase_{N}d` for buyers.
+
+Feature extraction is Ibis (DuckDB or Spark); training and scoring run in this process on the collected
+features (pandas + LightGBM): the training set is sampled in the engine to at most max_train_rows
+OneIDs per population (by OneID hash, so both engines pick the same ones), and scoring reads the
+features in parts by OneID hash, so memory holds one part's features at a time.
+With fewer than min_positives positives a model is not trained and its score is not produced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ibis
+import ibis.expr.types as ir
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.metrics import roc_auc_score
+
+from training.evaluate import metrics
+
+from .engine import materialize, release
+from .identity import Resolution
+from .profiles import DAY, SCORE_PREFIX, before, cutoff_ts, profile_tables
+from .validate import CHANNELS
+
+FIRST = "p_first_purchase"
+FEATURES = ("order_count", "monetary_fen", "avg_order_fen", "days_since_last_order", "days_since_first_seen",
+            "days_since_latest_record", "channel_count", "device_count", "is_member", "wecom_friend", "has_guide",
+            "r_score", "f_score", "m_score", "top_hour", "top_weekday", "top_channel")
+# A one-feature rule per population (buyer or not) the model should beat: the more recently seen, the likelier.
+BASELINE = {False: "days_since_latest_record", True: "days_since_last_order"}
+SPLIT = (0.6, 0.8)  # OneIDs: train below 0.6 of a random draw, valid below 0.8, test the rest
+# Small and fixed: with a few hundred positives, early stopping on the valid AUC stopped at 1-40 trees
+# depending on noise; 150 trees of 7 leaves ranked as well or better and gave lower log loss on
+# three simulated worlds and two seeds each (AUC within +-0.02, see docs/cdp.md).
+PARAMS = {
+    "objective": "binary", "n_estimators": 150, "learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 100,
+    "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.9, "reg_lambda": 1.0,
+    # One thread: on this shared 2-core machine two took 0.9-8.5 s against 0.24 s for 11k rows and 18.5 s
+    # against 7 s for 300k (OpenMP threads waiting for a busy core); the model is the same either way.
+    "n_jobs": 1, "deterministic": True, "force_row_wise": True, "verbose": -1,
+}
+SCORE_BATCH = 200_000
+
+
+def repurchase_name(horizon_days: int) -> str:
+    return f"p_repurchase_{horizon_days}d"
+
+
+@dataclass(frozen=True)
+class Model:
+    """One population's trained model: LightGBM plus the Platt calibration table (x, y knots)."""
+
+    name: str  # the score it produces
+    clf: lgb.LGBMClassifier
+    calibration: tuple[list[float], list[float]]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.interp(self.clf.predict_proba(X)[:, 1], *self.calibration)
+
+
+# --- features and labels (Ibis) -----------------------------------------------------------------------------
+
+def latest_record(tables: dict[str, ir.Table], res: Resolution, cutoff: int) -> ir.Table:
+    """[one_id, latest_record_ts]: when the person's newest channel account was opened or WeCom
+    friendship added, before cutoff."""
+    t = before(tables, cutoff)
+    recs = res.records
+    m = t["memberships"].select(table=ibis.literal("memberships"), record_id="record_id", ts="created_ts")
+    w = t["wecom"].select(table=ibis.literal("wecom"), record_id="friendship_id", ts="added_ts")
+    joined = m.union(w, distinct=False).join(recs, ["table", "record_id"])
+    return joined.group_by("one_id").agg(latest_record_ts=joined.ts.max())
+
+
+def feature_table(profiles: ir.Table, tags: ir.Table, latest: ir.Table, cutoff: int) -> ir.Table:
+    """[one_id, buyer, *FEATURES] from the profiles and tags built as of `cutoff` (float64 features)."""
+    p = profiles.select("one_id", "first_seen_ts", "channel_count", "device_count")
+    j = tags.join(p, "one_id").left_join(latest, "one_id")
+    buyer = j.order_count > 0
+    days = lambda ts: ((cutoff - ts) / DAY).cast("float64")  # noqa: E731
+    channel = j.top_channel.cases(*((c, i) for i, c in enumerate(CHANNELS)), else_=-1)
+    cols = {
+        "order_count": j.order_count, "monetary_fen": j.monetary_fen,
+        "avg_order_fen": ibis.cases((buyer, j.monetary_fen / j.order_count), else_=ibis.null("float64")),
+        "days_since_last_order": j.days_since_last_order, "days_since_first_seen": days(j.first_seen_ts),
+        "days_since_latest_record": days(j.latest_record_ts), "channel_count": j.channel_count,
+        "device_count": j.device_count, "is_member": j.is_member.cast("int64"),
+        "wecom_friend": j.wecom_friend.cast("int64"), "has_guide": j.guide_id.notnull().cast("int64"),
+        "r_score": j.r_score, "f_score": j.f_score, "m_score": j.m_score, "top_hour": j.top_hour,
+        "top_weekday": j.top_weekday, "top_channel": ibis.cases((j.top_channel.isnull(), ibis.null("int64")),
+                                                                else_=channel),
+    }
+    return j.select("one_id", buyer=buyer, **{k: v.cast("float64") for k, v in cols.items()})
+
+
+def features_as_of(tables: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutoff: int) -> ir.Table:
+    """feature_table of a resolution whose tags (res.tags) and profiles were built as of cutoff."""
+    return feature_table(profiles, res.tags, latest_record(tables, res, cutoff), cutoff)
+
+
+def labels(tables: dict[str, ir.Table], res_t0: Resolution, res_now: Resolution, start: int, end: int) -> ir.Table:
+    """[one_id] of the OneIDs as of T0 whose person ordered in [start, end): each T0 record is followed to
+    its OneID as of now, and an order counts for every T0 OneID whose records are now in the orderer's."""
+    now = res_now.records
+    ordered = (tables["orders"].filter((ibis._.ts >= start) & (ibis._.ts < end))
+               .join(now.filter(now.table == "memberships"), "record_id")
+               .select(now_id="one_id").distinct())
+    moved = res_t0.records.join(now.select("table", "record_id", now_id="one_id"), ["table", "record_id"])
+    return moved.join(ordered, "now_id", how="semi").select("one_id").distinct()
+
+
+def _hash_prefix(share: float) -> str:
+    """The 8-hex-digit prefix below which `share` of uniformly hashed OneIDs fall."""
+    return f"{min(int(share * 16**8), 16**8 - 1):08x}"
+
+
+def sample(t: ir.Table, max_rows: int) -> ir.Table:
+    """At most ~max_rows rows of t, chosen by OneID (a hex hash): the same rows on every engine."""
+    n = int(t.count().to_pyarrow().as_py())
+    return t if n <= max_rows else t.filter(t.one_id.substr(0, 8) < _hash_prefix(max_rows / n))
+
+
+def chunks(t: ir.Table, batch_rows: int):
+    """t in about batch_rows-row parts, split by OneID hash (t should be materialised: each part is a query)."""
+    n = int(t.count().to_pyarrow().as_py())
+    parts = max(1, -(-n // batch_rows))
+    bounds = [None] + [_hash_prefix(i / parts) for i in range(1, parts)] + [None]
+    prefix = t.one_id.substr(0, 8)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        cond = ibis.literal(True)
+        cond = cond & (prefix >= lo) if lo is not None else cond
+        cond = cond & (prefix < hi) if hi is not None else cond
+        yield t.filter(cond)
+
+
+# --- training and scoring (in process) -----------------------------------------------------------------------
+
+def _split(n: int, seed: int) -> np.ndarray:
+    """A random draw in [0, 1) per row (rows sorted by OneID, so the split does not depend on engine order)."""
+    return np.random.default_rng(seed).random(n)
+
+
+def fit(frame: pd.DataFrame, name: str, seed: int, min_positives: int,
+        baseline: str | None = None) -> tuple[Model | None, dict]:
+    """Train one population's model on frame [one_id, label, *FEATURES] sorted by one_id (LightGBM's bagging
+    depends on row order); (None, info with the reason under "skipped") when too few positives."""
+    y = frame["label"].to_numpy(dtype=np.int8)
+    info = {"rows": len(frame), "positives": int(y.sum()), "base_rate": round(float(y.mean()), 5) if len(y) else None}
+    if info["positives"] < min_positives or info["positives"] == len(y):
+        info["skipped"] = (f"{info['positives']} positives among {len(y):,} OneIDs in the training window, "
+                           f"fewer than min_positives={min_positives}" if info["positives"] < min_positives
+                           else "every OneID is positive")
+        return None, info
+    from training.retrain import calibration_table  # noqa: PLC0415 - training imports cdp
+
+    X = frame[list(FEATURES)].to_numpy(dtype=np.float64)
+    draw = _split(len(frame), seed)
+    train, valid, test = draw < SPLIT[0], (draw >= SPLIT[0]) & (draw < SPLIT[1]), draw >= SPLIT[1]
+    for part, mask in (("train", train), ("valid", valid), ("test", test)):
+        if y[mask].min() == y[mask].max():
+            info["skipped"] = f"the {part} OneIDs hold a single class"
+            return None, info
+    pos = int(y[train].sum())
+    clf = lgb.LGBMClassifier(**{**PARAMS, "scale_pos_weight": (int(train.sum()) - pos) / pos, "random_state": seed})
+    clf.fit(X[train], y[train])
+    model = Model(name, clf, calibration_table(clf.predict_proba(X[valid])[:, 1], y[valid]))
+    raw = clf.predict_proba(X[test])[:, 1]
+    info.update({"split": {"train": int(train.sum()), "valid": int(valid.sum()), "test": int(test.sum())},
+                 "scale_pos_weight": round(clf.get_params()["scale_pos_weight"], 3),
+                 "test": metrics(y[test], model.predict(X[test])),
+                 "test_uncalibrated_logloss": metrics(y[test], raw)["logloss"],
+                 "baseline": None if baseline is None else {
+                     "rule": f"the smaller {baseline}, the likelier",
+                     "auc": round(float(roc_auc_score(y[test], -frame[baseline].fillna(1e9).to_numpy()[test])), 4)},
+                 "importance": dict(sorted(zip(FEATURES, clf.booster_.feature_importance("gain").round(1).tolist(),
+                                               strict=True), key=lambda kv: -kv[1])[:5])})
+    return model, info
+
+
+def score(features: ir.Table, models: dict[bool, Model], path: Path, names: tuple[str, ...],
+          batch_rows: int = SCORE_BATCH) -> int:
+    """Score every OneID of `features` (as of now) with the model of its population (buyer or not) and
+    write [one_id, FIRST, repurchase] to a Parquet file at `path`, batch by batch; returns rows written."""
+    schema = pa.schema([("one_id", pa.string())] + [(n, pa.float64()) for n in names])
+    written = 0
+    features = materialize(features)
+    with pq.ParquetWriter(path, schema) as out:
+        for part in chunks(features, batch_rows):
+            frame = part.to_pandas()
+            if frame.empty:
+                continue
+            cols = {n: np.full(len(frame), np.nan) for n in names}
+            X = frame[list(FEATURES)].to_numpy(dtype=np.float64)
+            for is_buyer, model in models.items():
+                rows = frame["buyer"].to_numpy(dtype=bool) == is_buyer
+                if rows.any():
+                    cols[model.name][rows] = model.predict(X[rows])
+            # null, not NaN: in SQL NaN >= x is true, so a segment over a score would take in everyone
+            nulls = {n: pa.array(v, mask=np.isnan(v)) for n, v in cols.items()}
+            out.write_table(pa.table({"one_id": frame["one_id"].astype(object), **nulls}, schema=schema))
+            written += len(frame)
+    release(features)
+    return written
+
+
+# --- the stage ------------------------------------------------------------------------------------------------
+
+def training_set(tables: dict[str, ir.Table], res_now: Resolution, as_of: dt.date, horizon_days: int,
+                 guardrails=None) -> tuple[ir.Table, Callable[[], None]]:
+    """([one_id, buyer, *FEATURES, label] of every OneID as of T0 = as_of - horizon_days, a function that
+    frees the T0 tables once the result has been read)."""
+    t0 = as_of - dt.timedelta(days=horizon_days)
+    start, end = cutoff_ts(t0), cutoff_ts(as_of)
+    kwargs = {"guardrails": guardrails} if guardrails is not None else {}
+    profiles_t0, index_t0, res_t0 = profile_tables(tables, t0, built_ts=0, tags=True, **kwargs)
+    positive = labels(tables, res_t0, res_now, start, end).mutate(label=ibis.literal(1, "int8"))
+    past = features_as_of(tables, res_t0, profiles_t0, start).left_join(positive, "one_id")
+    past = past.mutate(label=past.label.fill_null(0).cast("int8")).pipe(materialize)  # read twice per population
+
+    def release_all() -> None:
+        for done in (past, profiles_t0, index_t0, res_t0.tags):
+            release(done)
+        res_t0.release()
+
+    return past, release_all
+
+
+def run(tables: dict[str, ir.Table], res_now: Resolution, profiles_now: ir.Table, as_of: dt.date, work: Path,
+        horizon_days: int = 30, min_positives: int = 50, max_train_rows: int = 500_000, seed: int = 7,
+        guardrails=None, progress: Callable[[str], None] | None = None) -> dict:
+    """Train on (features as of T0, labels in [T0, as_of)) and score everyone as of as_of.
+
+    res_now must carry tags (profile_tables(..., tags=True)). Returns the summary: per model its counts and
+    test metrics, or why it was skipped; `file` is the Parquet of scores (absent when no model was trained).
+    """
+    say = progress or (lambda _msg: None)
+    t0 = as_of - dt.timedelta(days=horizon_days)
+    clock = time.perf_counter()
+    seconds = {}
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = round(now - clock, 3)
+        clock = now
+
+    past, release_past = training_set(tables, res_now, as_of, horizon_days, guardrails)
+    lap("training_set")
+    say(f"[cdp]   training set as of T0 {t0} (OneIDs, profiles, tags, labels): {seconds['training_set']:.1f}s")
+    repurchase = repurchase_name(horizon_days)
+    summary: dict = {"t0": t0.isoformat(), "label_window": [t0.isoformat(), as_of.isoformat()],
+                     "horizon_days": horizon_days, "models": {}, "seconds": seconds}
+    models: dict[bool, Model] = {}
+    for is_buyer, name in ((False, FIRST), (True, repurchase)):
+        rows = sample(past.filter(past.buyer == is_buyer), max_train_rows)
+        frame = rows.to_pandas().sort_values("one_id", ignore_index=True)
+        model, info = fit(frame, name, seed, min_positives, BASELINE[is_buyer])
+        lap(name)
+        summary["models"][name] = info
+        if model is None:
+            say(f"[cdp]   {name}: not trained: {info['skipped']}")
+            continue
+        models[is_buyer] = model
+        say(f"[cdp]   {name}: {describe(info)} ({seconds[name]:.1f}s)")
+    release_past()
+    if not models:
+        return summary
+    path = Path(work) / "scores.parquet"
+    now = features_as_of(tables, res_now, profiles_now, cutoff_ts(as_of))
+    summary["scored"] = score(now, models, path, (FIRST, repurchase))
+    summary["file"] = str(path)
+    lap("scoring")
+    return summary
+
+
+def describe(info: dict) -> str:
+    """One line: counts, AUC (and the one-feature rule's), log loss and the calibration in a few bins."""
+    m = info["test"]
+    bins = m["calibration"]
+    cal = ", ".join(f"{b['predicted']:.3f}->{b['observed']:.3f}" for b in (bins[0], bins[len(bins) // 2], bins[-1]))
+    return (f"{info['rows']:,} OneIDs, {info['positives']:,} positives ({info['base_rate']:.2%}); test AUC "
+            f"{m['auc']} (one-feature rule {info['baseline']['auc']}), log loss {m['logloss']} "
+            f"(uncalibrated {info['test_uncalibrated_logloss']}), calibration predicted->observed "
+            f"lowest/middle/highest bin {cal}")
+
+
+def stage(cfg, tables: dict[str, ir.Table], res: Resolution, profiles: ir.Table, as_of: dt.date, work: Path,
+          guardrails=None, progress: Callable[[str], None] | None = None) -> tuple[dict, ir.Table]:
+    """The pipeline's `predictive` stage (cfg: cdp.config.PredictiveConfig): (summary, res.tags with the
+    score columns added, null where a OneID has no score)."""
+    summary = run(tables, res, profiles, as_of, work, cfg.horizon_days, cfg.min_positives, cfg.max_train_rows,
+                  cfg.seed, guardrails, progress)
+    names = (FIRST, repurchase_name(cfg.horizon_days))
+    if "file" in summary:
+        scores = res.tags._find_backend().read_parquet(summary["file"])
+        tags = res.tags.left_join(scores, "one_id")
+    else:
+        tags = res.tags.mutate(**{n: ibis.null("float64") for n in names})
+    return summary, tags
+
+
+def headline(summary: dict) -> str:
+    """The stage's progress line: AUC per model, or why it was skipped."""
+    parts = [f"T0 {summary['t0']}, labels {summary['label_window'][0]}..{summary['label_window'][1]}"]
+    for name, info in summary["models"].items():
+        parts.append(f"{name}: skipped" if "skipped" in info else f"{name}: test AUC {info['test']['auc']}")
+    if "scored" in summary:
+        parts.append(f"{summary['scored']:,} OneIDs scored")
+    return "; ".join(parts)
+
+
+def attach(profiles: pd.DataFrame, summary: dict) -> pd.DataFrame:
+    """profiles plus a float column `score_{name}` per score (NaN where the person has none), which
+    `cdp.profiles.to_message` and the exporter (`cdp.wire`) put into the Redis profile's `scores` map."""
+    if "file" not in summary:
+        return profiles
+    scores = pd.read_parquet(summary["file"])
+    names = [c for c in scores.columns if c != "one_id"]
+    merged = profiles[["one_id"]].merge(scores, on="one_id", how="left", validate="one_to_one")
+    return profiles.assign(**{SCORE_PREFIX + n: merged[n].to_numpy(dtype=np.float64) for n in names})
