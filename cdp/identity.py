@@ -113,7 +113,8 @@ def records(tables: dict[str, ir.Table]) -> ir.Table:
 
 
 def edges(tables: dict[str, ir.Table]) -> ir.Table:
-    """[node, key, ts]: one row per usable (record, identifier) pair."""
+    """[node, key, kind, ts]: one row per usable (record, identifier) pair; kind is the key's cap kind
+    (`phone`, ..., `dev:{code}`)."""
     parts = []
     for name, columns in IDENTIFIER_COLUMNS.items():
         t = tables[name]
@@ -122,14 +123,15 @@ def edges(tables: dict[str, ir.Table]) -> ir.Table:
             value = value.lower() if kind in _LOWER_KINDS else value
             prefix = ibis.literal(f"{kind}:") if kind != "buyer" else "buyer:" + t["channel"] + ":"
             parts.append(t.filter(usable(t[column])).select(node=_node(name, t), key=prefix + value,
+                                                            kind=ibis.literal(kind),
                                                             ts=t[RECORD_TS[name]].cast("int64")))
     m, d = tables["memberships"], tables["membership_devices"]
     md5 = trim(d["value_md5"]).lower()
     code = d["id_type"].cases(*keyspace.TYPE_CODES.items())
     dev = d.filter(usable(d["value_md5"]), md5.re_search(HEX32), code.notnull())
-    dev = dev.select(record_id=dev["record_id"], key="dev:" + code + ":" + md5)
+    dev = dev.select(record_id=dev["record_id"], key="dev:" + code + ":" + md5, kind="dev:" + code)
     dev = dev.join(m.select("record_id", ts=m["created_ts"].cast("int64")), "record_id")
-    parts.append(dev.select(node=_node("memberships", dev), key=dev["key"], ts=dev["ts"]))
+    parts.append(dev.select(node=_node("memberships", dev), key=dev["key"], kind=dev["kind"], ts=dev["ts"]))
     out = parts[0]
     for part in parts[1:]:
         out = out.union(part, distinct=False)
@@ -156,15 +158,45 @@ def propagate(graph: ir.Table, max_rounds: int = MAX_ROUNDS) -> tuple[ir.Table, 
     raise RuntimeError(f"label propagation did not converge in {max_rounds} rounds")
 
 
-def over_cap(e: ir.Table, labels: ir.Table, caps: dict[str, int]) -> ir.Table:
-    """[key]: identifier values beyond their kind's cap within their cluster (see Guardrails.caps)."""
+def over_cap(keys: ir.Table, caps: dict[str, int]) -> ir.Table:
+    """[key]: identifier values beyond their kind's cap within their cluster (see Guardrails.caps), from
+    _clusters()'s keys [key, kind, label, n, ts]."""
     caps = {**{k: v for k, v in caps.items() if k != "dev"},
             **({f"dev:{code}": caps["dev"] for code in keyspace.CODE_TYPES} if "dev" in caps else {})}
-    keys = e.join(labels, "node").mutate(kind=ibis._.key.re_extract(r"^(dev:[a-z]|[a-z]+):", 1))
-    stats = keys.group_by(["label", "kind", "key"]).agg(n=ibis._.count(), ts=ibis._.ts.min())
+    capped = keys.mutate(cap=keys.kind.cases(*caps.items())).filter(ibis._.cap.notnull())
+    # Only (cluster, kind) groups holding more values than the cap need ranking.
+    crowded = capped.group_by(["label", "kind"]).agg(m=ibis._.count(), cap=ibis._.cap.min())
+    crowded = crowded.filter(crowded.m > crowded.cap).select("label", "kind")
+    ranked = capped.join(crowded, ["label", "kind"], how="semi")
     rank = ibis.row_number().over(group_by=["label", "kind"], order_by=[ibis.desc("n"), "ts", "key"])
-    cap = stats.kind.cases(*caps.items())
-    return stats.mutate(rank=rank, cap=cap).filter(lambda t: t.cap.notnull() & (t.rank >= t.cap)).select("key")
+    return ranked.mutate(rank=rank).filter(ibis._.rank >= ibis._.cap).select("key")
+
+
+def _clusters(e: ir.Table) -> tuple[ir.Table, ir.Table, int]:
+    """(nodes [node, nid, first_key, label], keys [key, kind, label, n, ts], rounds) for edges [node, key, kind, ts].
+
+    Nodes are numbered (nid) in the order of their earliest identifier (ts, then key, then node), so the
+    smallest nid of a component, the label min-label propagation converges to, is the node holding the
+    component's earliest identifier: its first_key names the cluster. Propagation runs on integers, and only
+    over identifiers held by two or more records (most are held by one and connect nothing), each turned
+    into a star on its smallest node; every other node is its own label.
+    """
+    per_node = e.group_by("node").agg(ts=ibis._.ts.min(), first_key=ibis._.key.min())
+    order = ibis.row_number().over(order_by=["ts", "first_key", "node"])
+    nodes = per_node.mutate(nid=order).select("node", "nid", "first_key").pipe(materialize)
+    held = e.join(nodes.select("node", "nid"), "node")
+    keys = held.group_by("key").agg(kind=ibis._.kind.min(), hub=ibis._.nid.min(), n=ibis._.count(),
+                                    ts=ibis._.ts.min()).pipe(materialize)
+    shared = keys.filter(keys.n > 1).select("key", "hub")
+    labels, rounds = propagate(held.join(shared, "key").select(node="nid", key="hub").distinct())
+    labelled = nodes.left_join(labels, nodes.nid == labels.node)
+    labelled = labelled.select("node", "nid", "first_key", label=ibis.coalesce(labelled.label, labelled.nid))
+    labelled = labelled.pipe(materialize)
+    roots = labelled.select(hub="nid", label="label")
+    keyed = keys.join(roots, "hub").select("key", "kind", "label", "n", "ts").pipe(materialize)
+    for done in (nodes, keys, labels):
+        release(done)
+    return labelled, keyed, rounds
 
 
 def one_id(key: str) -> str:
@@ -192,35 +224,30 @@ class Resolution:
 
 def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDRAILS) -> Resolution:
     """Cluster the records of `tables` (Ibis tables of memberships, membership_devices, wecom)."""
-    recs = records(tables)
     e = edges(tables).pipe(materialize)
-    labels, rounds = propagate(e)
-    capped = over_cap(e, labels, dict(guardrails.caps)).pipe(materialize) if guardrails.caps else None
+    nodes, keys, rounds = _clusters(e)
+    capped = over_cap(keys, dict(guardrails.caps)).pipe(materialize) if guardrails.caps else None
     dropped = int(capped.count().to_pyarrow().as_py()) if capped is not None else 0
     if dropped:
         log.warning("%d identifier values exceed the per-person cap of their kind and no longer link", dropped)
         kept = e.join(capped, "key", how="anti").pipe(materialize)
-        release(e)
-        release(labels)
+        for done in (e, nodes, keys):
+            release(done)
         e = kept
-        labels, more = propagate(e)
+        nodes, keys, more = _clusters(e)
         rounds += more
-    # Each record's cluster: its label, or itself when it has no usable identifier.
-    rec = recs.left_join(labels, "node")
-    rec = rec.select("node", "table", "record_id", "ts", cluster=ibis.coalesce(rec.label, rec.node)).pipe(materialize)
-    # The earliest identifier names the cluster; a lonely record is named after itself.
-    named = e.join(labels, "node").select("key", "ts", cluster="label")
-    lonely = rec.view().filter(ibis._.cluster == ibis._.node)
-    lonely = lonely.select(key="record:" + lonely.table + ":" + lonely.record_id, ts="ts", cluster="cluster")
-    firsts = named.union(lonely, distinct=False)
-    rank = ibis.row_number().over(group_by="cluster", order_by=["ts", "key"])
-    firsts = firsts.mutate(rank=rank).filter(ibis._.rank == 0)
-    names = firsts.select("cluster", one_id=one_id_expr(firsts.key)).pipe(materialize)
-    ids = e.join(labels, "node").select("key", cluster="label").distinct()
-    ids = ids.join(names, "cluster").select("key", "one_id").pipe(materialize)
-    clustered = rec
-    rec = rec.join(names, "cluster").select("table", "record_id", "one_id").pipe(materialize)
-    for done in (clustered, names, labels, e):
+    if capped is not None:
+        release(capped)
+    # A cluster is named after its earliest identifier, held by its root (the node whose nid is the label).
+    names = nodes.filter(nodes.nid == nodes.label).select("label", one_id=one_id_expr(nodes.first_key))
+    names = names.pipe(materialize)
+    ids = keys.join(names, "label").select("key", "one_id").pipe(materialize)
+    # A record without usable identifiers is a cluster of its own, named after itself.
+    rec = records(tables).left_join(nodes.select("node", "label"), "node")
+    rec = rec.left_join(names, "label")
+    lonely = one_id_expr("record:" + rec.table + ":" + rec.record_id)
+    rec = rec.select("table", "record_id", one_id=ibis.coalesce(rec.one_id, lonely)).pipe(materialize)
+    for done in (nodes, keys, names, e):
         release(done)
     sizes = rec.group_by("one_id").agg(size=ibis._.count())
     guardrails.check(sizes)

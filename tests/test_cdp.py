@@ -147,6 +147,19 @@ def test_one_id_is_a_hash_of_the_earliest_identifier_and_stable():
     assert re.fullmatch(r"[0-9a-f]{24}", ids["old"])
 
 
+def test_a_record_is_named_after_its_earliest_identifier_not_after_itself():
+    # A lone WeCom friendship has identifiers, so it is named after the earliest of them (here its
+    # external_userid); only a record with no usable identifier at all is named after itself.
+    tables = world_tables(accounts=[account("a", phone="P1"), account("bare", phone="0")],
+                          wecom=[friendship("w1", external="wm-x"),
+                                 friendship("w2", days_ago=5, unionid="U7", external="wm-y")])
+    ids = one_ids(tables)
+    assert ids["w1"] == identity.one_id("wecom:wm-x")
+    assert ids["w2"] == identity.one_id("unionid:U7")  # earliest by time, then the smallest key
+    assert ids["a"] == identity.one_id("phone:p1")
+    assert ids["bare"] == identity.one_id("record:memberships:bare")
+
+
 def test_label_propagation_handles_long_chains_and_separate_components():
     chain = [(f"n{i:02d}", f"k{i}") for i in range(20)] + [(f"n{i + 1:02d}", f"k{i}") for i in range(19)]
     pair = [("x1", "shared"), ("x2", "shared"), ("x2", "own")]
