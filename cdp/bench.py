@@ -147,7 +147,7 @@ def _message(row):
 
 def run_bench(people: int, engine_name: str = "duckdb", seed: int = 7, workdir: Path | None = None,
               memory_limit: str | None = None, baselines: bool = True, say=print) -> dict:
-    from simulate.world import simulate  # noqa: PLC0415
+    from simulate.parts import simulate_in_parts  # noqa: PLC0415
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="rta-cdp-bench-"))
     results: dict = {"people": people, "engine": engine_name, "cpus": os.cpu_count(), "stages": {}}
@@ -155,7 +155,7 @@ def run_bench(people: int, engine_name: str = "duckdb", seed: int = 7, workdir: 
     t = time.perf_counter()
     world = workdir / "world"
     if not (world / "meta.json").exists():
-        simulate(world, people=people, seed=seed, as_of=AS_OF, traffic=1)
+        simulate_in_parts(world, people=people, seed=seed, as_of=AS_OF, traffic=1)  # 1M-people parts
     say(f"[bench] world of {people:,} people in {world} ({time.perf_counter() - t:.0f}s, not a stage)")
     opts = {"memory_limit": memory_limit, "temp_directory": str(workdir / "spill")} if engine_name == "duckdb" else {}
     con = engine.connect(engine_name, **opts)
