@@ -89,8 +89,11 @@ def str_isin(values: pd.Series, allowed) -> np.ndarray:
 
 
 def trim(value: ir.StringValue) -> ir.StringValue:
-    """Leading and trailing whitespace removed. Not Ibis's strip(): on Spark it also strips the letters
-    f, n, r, t and v (ibis 12 passes the escapes '\\f\\n...' to Spark's TRIM as literal characters)."""
+    """Leading and trailing whitespace removed. On DuckDB Ibis's strip() (TRIM of the whitespace characters,
+    3x faster than a regex replace); elsewhere a regex: on Spark strip() also strips the letters f, n, r, t
+    and v (ibis 12 passes the escapes '\\f\\n...' to Spark's TRIM as literal characters)."""
+    if engine.name_of(value._find_backend()) == "duckdb":
+        return value.strip()
     return value.re_replace(r"^\s+|\s+$", "")
 
 
@@ -113,8 +116,8 @@ def records(tables: dict[str, ir.Table]) -> ir.Table:
 
 
 def edges(tables: dict[str, ir.Table]) -> ir.Table:
-    """[node, key, kind, ts]: one row per usable (record, identifier) pair; kind is the key's cap kind
-    (`phone`, ..., `dev:{code}`)."""
+    """[node, key, kind, ts]: a row per usable (record, identifier) pair (more if input rows repeat); kind is
+    the key's cap kind (`phone`, ..., `dev:{code}`)."""
     parts = []
     for name, columns in IDENTIFIER_COLUMNS.items():
         t = tables[name]
@@ -135,7 +138,7 @@ def edges(tables: dict[str, ir.Table]) -> ir.Table:
     out = parts[0]
     for part in parts[1:]:
         out = out.union(part, distinct=False)
-    return out.distinct()
+    return out  # a repeated input row repeats its edges: _clusters counts records, not rows
 
 
 def propagate(graph: ir.Table, max_rounds: int = MAX_ROUNDS) -> tuple[ir.Table, int]:
@@ -185,7 +188,7 @@ def _clusters(e: ir.Table) -> tuple[ir.Table, ir.Table, int]:
     order = ibis.row_number().over(order_by=["ts", "first_key", "node"])
     nodes = per_node.mutate(nid=order).select("node", "nid", "first_key").pipe(materialize)
     held = e.join(nodes.select("node", "nid"), "node")
-    keys = held.group_by("key").agg(kind=ibis._.kind.min(), hub=ibis._.nid.min(), n=ibis._.count(),
+    keys = held.group_by("key").agg(kind=ibis._.kind.min(), hub=ibis._.nid.min(), n=ibis._.nid.nunique(),
                                     ts=ibis._.ts.min()).pipe(materialize)
     shared = keys.filter(keys.n > 1).select("key", "hub")
     labels, rounds = propagate(held.join(shared, "key").select(node="nid", key="hub").distinct())

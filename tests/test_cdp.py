@@ -394,6 +394,16 @@ def test_identifier_values_past_the_per_person_cap_stop_linking():
     assert ids["c2"] != ids["a"]  # ... but c2 was linked only through P3, now dropped (P1 is older)
 
 
+def test_a_repeated_input_row_does_not_count_as_another_record_holding_its_values():
+    # P2 is held by one record listed twice: still the value held by fewest records, so the one capped
+    # (counting rows, it would tie with P1 at two and win as the oldest).
+    accounts = [account("a", days_ago=400, phone="P1", member_id="M"), account("a2", "app", days_ago=390, phone="P1"),
+                account("b", "app", days_ago=500, phone="P2", member_id="M")]  # P2 is the oldest phone
+    tables = world_tables(accounts=accounts + accounts[2:])
+    _, identifiers = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("phone", 1),)))
+    assert "phone:p1" in set(identifiers["key"]) and "phone:p2" not in set(identifiers["key"])
+
+
 def test_the_device_cap_counts_each_id_type_separately():
     oaids = [hash_raw(pb.OAID, f"9a7f6a1e-1111-2222-3333-44445555666{i}") for i in range(3)]
     tables = world_tables(accounts=[account(f"a{i}", "app", days_ago=300 - i, phone="P1") for i in range(3)],
