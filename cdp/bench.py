@@ -78,18 +78,24 @@ class Stage:
 
 
 def _splink_ratio(con, e, say) -> dict:
-    """Our propagation vs Splink's clustering on the same record-pair edges (a star per identifier)."""
+    """Our propagation vs Splink's clustering on the same record-pair edges (a star per identifier), both
+    on integer node ids."""
     from splink import DuckDBAPI  # noqa: PLC0415 - the cdpbench extra
     from splink.clustering import cluster_pairwise_predictions_at_threshold  # noqa: PLC0415
 
+    numbered = e.select("node").distinct()
+    numbered = numbered.mutate(nid=ibis.row_number().over(order_by="node")).pipe(materialize)
+    e = e.join(numbered, "node").select(node="nid", key="key")
     hub = e.group_by("key").agg(hub=ibis._.node.min())
     pairs = e.join(hub, "key").filter(lambda t: t.node != t.hub)
     pairs = pairs.select(node_l="hub", node_r="node").distinct().mutate(match_probability=ibis.literal(1.0))
     pairs = pairs.pipe(materialize)
-    nodes = e.select("node").distinct().pipe(materialize)
+    nodes = numbered.select(node="nid")
     n_edges = pairs.count().to_pyarrow().as_py()
-    graph = pairs.select(node="node_l", key=pairs.node_l + "|" + pairs.node_r).union(
-        pairs.select(node="node_r", key=pairs.node_l + "|" + pairs.node_r), distinct=False).pipe(materialize)
+    # Integer node ids for both, as cdp.identity uses. Each edge's left node stands for the edge: a node
+    # is in the group of every left node it is joined to, which gives the same components.
+    graph = pairs.select(node="node_r", key="node_l").union(pairs.select(node="node_l", key="node_l"), distinct=True)
+    graph = graph.pipe(materialize)
     t = time.perf_counter()
     labels, rounds = propagate(graph)
     ours_components = labels.label.nunique().to_pyarrow().as_py()
