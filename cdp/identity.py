@@ -175,8 +175,9 @@ def over_cap(keys: ir.Table, caps: dict[str, int]) -> ir.Table:
     return ranked.mutate(rank=rank).filter(ibis._.rank >= ibis._.cap).select("key")
 
 
-def _clusters(e: ir.Table) -> tuple[ir.Table, ir.Table, int]:
-    """(nodes [node, nid, first_key, label], keys [key, kind, label, n, ts], rounds) for edges [node, key, kind, ts].
+def _clusters(e: ir.Table, first: ir.IntegerValue | int = 0) -> tuple[ir.Table, ir.Table, int]:
+    """(nodes [node, nid, first_key, label], keys [key, kind, label, n, ts], rounds) for edges [node, key, kind, ts];
+    nids count from `first`.
 
     Nodes are numbered (nid) in the order of their earliest identifier (ts, then key, then node), so the
     smallest nid of a component, the label min-label propagation converges to, is the node holding the
@@ -185,7 +186,7 @@ def _clusters(e: ir.Table) -> tuple[ir.Table, ir.Table, int]:
     into a star on its smallest node; every other node is its own label.
     """
     per_node = e.group_by("node").agg(ts=ibis._.ts.min(), first_key=ibis._.key.min())
-    order = ibis.row_number().over(order_by=["ts", "first_key", "node"])
+    order = ibis.row_number().over(order_by=["ts", "first_key", "node"]) + first
     nodes = per_node.mutate(nid=order).select("node", "nid", "first_key").pipe(materialize)
     held = e.join(nodes.select("node", "nid"), "node")
     keys = held.group_by("key").agg(kind=ibis._.kind.min(), hub=ibis._.nid.min(), n=ibis._.nid.nunique(),
@@ -200,6 +201,23 @@ def _clusters(e: ir.Table) -> tuple[ir.Table, ir.Table, int]:
     for done in (nodes, keys, labels):
         release(done)
     return labelled, keyed, rounds
+
+
+def _recluster(e: ir.Table, nodes: ir.Table, keys: ir.Table, capped: ir.Table) -> tuple[ir.Table, ir.Table, int]:
+    """_clusters() again without the `capped` keys, for the clusters that held them only: the others do
+    not change. Their nodes are numbered after every existing nid, so labels stay unique."""
+    hit = keys.join(capped, "key", how="semi").select("label").distinct().pipe(materialize)
+    moved = nodes.join(hit, "label", how="semi").select("node").pipe(materialize)
+    sub = e.join(moved, "node", how="semi").join(capped, "key", how="anti")
+    sub_nodes, sub_keys, rounds = _clusters(sub, nodes.nid.max().as_scalar() + 1)
+    # A node that lost all its identifiers is in neither: it becomes a record of its own.
+    cols = ("node", "nid", "first_key", "label")
+    all_nodes = nodes.join(moved, "node", how="anti").select(*cols).union(sub_nodes.select(*cols)).pipe(materialize)
+    cols = ("key", "kind", "label", "n", "ts")
+    all_keys = keys.join(hit, "label", how="anti").select(*cols).union(sub_keys.select(*cols)).pipe(materialize)
+    for done in (hit, moved, sub_nodes, sub_keys, nodes, keys):
+        release(done)
+    return all_nodes, all_keys, rounds
 
 
 def one_id(key: str) -> str:
@@ -233,11 +251,7 @@ def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDR
     dropped = int(capped.count().to_pyarrow().as_py()) if capped is not None else 0
     if dropped:
         log.warning("%d identifier values exceed the per-person cap of their kind and no longer link", dropped)
-        kept = e.join(capped, "key", how="anti").pipe(materialize)
-        for done in (e, nodes, keys):
-            release(done)
-        e = kept
-        nodes, keys, more = _clusters(e)
+        nodes, keys, more = _recluster(e, nodes, keys, capped)
         rounds += more
     if capped is not None:
         release(capped)

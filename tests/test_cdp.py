@@ -404,6 +404,28 @@ def test_a_repeated_input_row_does_not_count_as_another_record_holding_its_value
     assert "phone:p1" in set(identifiers["key"]) and "phone:p2" not in set(identifiers["key"])
 
 
+def test_capped_values_end_up_as_if_they_were_never_there(small_world):
+    # Only the clusters holding a capped value are clustered again; the result must be that of a world
+    # without those values at all.
+    tables = read_tables(small_world)
+    tight = identity.Guardrails(caps=(("dev", 1), ("unionid", 1), ("member", 1)))
+    records, identifiers = identity.resolve_frames(tables, guardrails=tight)
+    dropped = set(identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=()))[1]["key"])
+    dropped -= set(identifiers["key"])
+    assert dropped
+    m, d = tables["memberships"].copy(), tables["membership_devices"]
+    for column, kind in (("unionid", "unionid"), ("member_id", "member")):
+        m.loc[(kind + ":" + m[column].fillna("").str.strip()).isin(dropped), column] = None
+    w = tables["wecom"].copy()
+    w.loc[("unionid:" + w["unionid"].fillna("").str.strip()).isin(dropped), "unionid"] = None
+    codes = d["id_type"].map(keyspace.TYPE_CODES).fillna("?")
+    d = d[~("dev:" + codes + ":" + d["value_md5"].str.strip().str.lower()).isin(dropped)]
+    without = identity.resolve_frames({**tables, "memberships": m, "wecom": w, "membership_devices": d},
+                                      guardrails=identity.Guardrails(caps=()))[0]
+    pd.testing.assert_frame_equal(records.sort_values(["table", "record_id"], ignore_index=True),
+                                  without.sort_values(["table", "record_id"], ignore_index=True))
+
+
 def test_the_device_cap_counts_each_id_type_separately():
     oaids = [hash_raw(pb.OAID, f"9a7f6a1e-1111-2222-3333-44445555666{i}") for i in range(3)]
     tables = world_tables(accounts=[account(f"a{i}", "app", days_ago=300 - i, phone="P1") for i in range(3)],
