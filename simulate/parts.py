@@ -92,7 +92,8 @@ def simulate_in_parts(out_dir: Path, people: int, seed: int = 7, as_of: dt.date 
     offsets = {"record": 0, "order": 0, "friendship": 0, "store": 0, "device": 0, "exposure": 0, "person": 0}
     total: dict[str, int] = {}
     devices = unknown = 0
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for (path, n, *_), summary in zip(jobs, pool.map(_one, jobs), strict=True):
