@@ -4,6 +4,7 @@ Builds a simulated world of `people`, then times each stage and samples this pro
 (DuckDB runs in-process, so its memory is included; Spark's JVM is not) while it runs:
 
     ingest     validation of every input row to clean Parquet
+    load       the clean tables into the engine (as of the cutoff)
     oneid      identifiers -> label propagation -> OneIDs
     profiles   profile aggregates and the device index
     tags       cdp.tags
@@ -169,7 +170,8 @@ def run_bench(people: int, engine_name: str = "duckdb", seed: int = 7, workdir: 
     with Stage("ingest", stages, say):
         checked = validate.validate(world, workdir / "clean", tables=ingest.CDP_TABLES)
         results["rows"] = checked["tables"]
-    t_in = {k: v.pipe(materialize) for k, v in before(ingest.read_parquet(con, workdir / "clean"), cutoff).items()}
+    with Stage("load", stages, say):  # the clean Parquet into the engine, as of the cutoff
+        t_in = {k: v.pipe(materialize) for k, v in before(ingest.read_parquet(con, workdir / "clean"), cutoff).items()}
     with Stage("oneid", stages, say):
         res = resolve(t_in, Guardrails(max_cluster_size=1000))
         results["oneid_rounds"] = res.rounds
