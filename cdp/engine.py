@@ -50,7 +50,9 @@ def _duckdb(database: str = ":memory:", temp_directory: str | None = None, **set
     temp_directory = temp_directory or scratch_dir("rta-cdp-duckdb-")
     config = {"temp_directory": str(temp_directory), "preserve_insertion_order": False}
     config.update({k: v for k, v in settings.items() if v is not None})
-    return ibis.duckdb.connect(database, **config)
+    con = ibis.duckdb.connect(database, **config)
+    con.raw_sql("SET enable_progress_bar = false")  # a batch job's stderr is for its own progress lines
+    return con
 
 
 SPARK_DEFAULTS = {

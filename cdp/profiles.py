@@ -135,20 +135,23 @@ def profile_tables(tables: dict[str, ir.Table], as_of: dt.date, built_ts: int | 
 def segments_of(frame: pd.DataFrame) -> list[tuple[str, ...]]:
     """The `segments` tuple of each row of a frame with FLAGS columns, in SEGMENTS order."""
     flags = frame[list(FLAGS)].to_numpy(dtype=bool)
-    names = np.array(SEGMENTS, dtype=object)
-    return [tuple(names[row]) for row in flags]
+    # Each row's flags as one number; there are 2**len(SEGMENTS) tuples to build, not one per row.
+    codes = flags.astype(np.int64) @ (1 << np.arange(len(SEGMENTS), dtype=np.int64))
+    tuples = np.empty(1 << len(SEGMENTS), dtype=object)
+    tuples[:] = [tuple(name for bit, name in enumerate(SEGMENTS) if code >> bit & 1) for code in range(len(tuples))]
+    return list(tuples[codes])
 
 
 def to_frame(profiles: ir.Table) -> pd.DataFrame:
-    """Profiles with COLUMNS (segments as tuples), sorted by one_id."""
-    p = profiles.to_pandas().sort_values("one_id", ignore_index=True)
+    """Profiles with COLUMNS (segments as tuples), sorted by one_id (by the engine: faster than pandas)."""
+    p = profiles.order_by("one_id").to_pandas()
     p["segments"] = segments_of(p)
     return p[list(COLUMNS)]
 
 
 def index_frame(index: ir.Table) -> pd.DataFrame:
-    i = index.to_pandas().astype({"id_type": np.int8})
-    return i.sort_values(["one_id", "id_type", "md5"], ignore_index=True)
+    i = index.order_by(["one_id", "id_type", "md5"]).to_pandas().astype({"id_type": np.int8})
+    return i.reset_index(drop=True)
 
 
 def build_profiles(tables: dict[str, pd.DataFrame], as_of: dt.date, built_ts: int | None = None,

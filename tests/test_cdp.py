@@ -149,6 +149,19 @@ def test_one_id_is_a_hash_of_the_earliest_identifier_and_stable():
     assert re.fullmatch(r"[0-9a-f]{24}", ids["old"])
 
 
+def test_a_record_is_named_after_its_earliest_identifier_not_after_itself():
+    # A lone WeCom friendship has identifiers, so it is named after the earliest of them (here its
+    # external_userid); only a record with no usable identifier at all is named after itself.
+    tables = world_tables(accounts=[account("a", phone="P1"), account("bare", phone="0")],
+                          wecom=[friendship("w1", external="wm-x"),
+                                 friendship("w2", days_ago=5, unionid="U7", external="wm-y")])
+    ids = one_ids(tables)
+    assert ids["w1"] == identity.one_id("wecom:wm-x")
+    assert ids["w2"] == identity.one_id("unionid:U7")  # earliest by time, then the smallest key
+    assert ids["a"] == identity.one_id("phone:p1")
+    assert ids["bare"] == identity.one_id("record:memberships:bare")
+
+
 def test_label_propagation_handles_long_chains_and_separate_components():
     chain = [(f"n{i:02d}", f"k{i}") for i in range(20)] + [(f"n{i + 1:02d}", f"k{i}") for i in range(19)]
     pair = [("x1", "shared"), ("x2", "shared"), ("x2", "own")]
@@ -406,6 +419,38 @@ def test_identifier_values_past_the_per_person_cap_stop_linking():
     ids = dict(zip(records["record_id"], records["one_id"], strict=True))
     assert ids["a"] == ids["a2"] == ids["b"] == ids["c"]  # member id M still joins them ...
     assert ids["c2"] != ids["a"]  # ... but c2 was linked only through P3, now dropped (P1 is older)
+
+
+def test_a_repeated_input_row_does_not_count_as_another_record_holding_its_values():
+    # P2 is held by one record listed twice: still the value held by fewest records, so the one capped
+    # (counting rows, it would tie with P1 at two and win as the oldest).
+    accounts = [account("a", days_ago=400, phone="P1", member_id="M"), account("a2", "app", days_ago=390, phone="P1"),
+                account("b", "app", days_ago=500, phone="P2", member_id="M")]  # P2 is the oldest phone
+    tables = world_tables(accounts=accounts + accounts[2:])
+    _, identifiers = identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=(("phone", 1),)))
+    assert "phone:p1" in set(identifiers["key"]) and "phone:p2" not in set(identifiers["key"])
+
+
+def test_capped_values_end_up_as_if_they_were_never_there(small_world):
+    # Only the clusters holding a capped value are clustered again; the result must be that of a world
+    # without those values at all.
+    tables = read_tables(small_world)
+    tight = identity.Guardrails(caps=(("dev", 1), ("unionid", 1), ("member", 1)))
+    records, identifiers = identity.resolve_frames(tables, guardrails=tight)
+    dropped = set(identity.resolve_frames(tables, guardrails=identity.Guardrails(caps=()))[1]["key"])
+    dropped -= set(identifiers["key"])
+    assert dropped
+    m, d = tables["memberships"].copy(), tables["membership_devices"]
+    for column, kind in (("unionid", "unionid"), ("member_id", "member")):
+        m.loc[(kind + ":" + m[column].fillna("").str.strip()).isin(dropped), column] = None
+    w = tables["wecom"].copy()
+    w.loc[("unionid:" + w["unionid"].fillna("").str.strip()).isin(dropped), "unionid"] = None
+    codes = d["id_type"].map(keyspace.TYPE_CODES).fillna("?")
+    d = d[~("dev:" + codes + ":" + d["value_md5"].str.strip().str.lower()).isin(dropped)]
+    without = identity.resolve_frames({**tables, "memberships": m, "wecom": w, "membership_devices": d},
+                                      guardrails=identity.Guardrails(caps=()))[0]
+    pd.testing.assert_frame_equal(records.sort_values(["table", "record_id"], ignore_index=True),
+                                  without.sort_values(["table", "record_id"], ignore_index=True))
 
 
 def test_the_device_cap_counts_each_id_type_separately():

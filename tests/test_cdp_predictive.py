@@ -27,7 +27,7 @@ REPURCHASE = predictive.repurchase_name(HORIZON)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     path = tmp_path_factory.mktemp("predictive-world")
-    simulate(path, people=8000, seed=5, as_of=AS_OF)
+    simulate(path, people=20000, seed=5, as_of=AS_OF)
     return path
 
 
@@ -56,7 +56,7 @@ def test_models_rank_and_are_calibrated_on_held_out_oneids(built):
         info = summary["models"][name]
         m = info["test"]
         assert m["positives"] >= 40
-        assert m["auc"] > 0.65, name  # ~0.74 on this world; 0.5 is chance
+        assert m["auc"] > 0.65, name  # 0.74-0.76 on this world; 0.5 is chance
         assert m["lift"]["10%"] > 2
         assert m["auc"] > info["baseline"]["auc"]  # better than ranking by recency alone
         assert sum(info["split"].values()) == info["rows"] and info["split"]["test"] == m["n"]

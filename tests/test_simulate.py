@@ -185,3 +185,35 @@ def test_members_carry_openids_per_app_and_some_wecom_links(world):
     assert linked <= set(read(path, "wecom_interactions")["external_userid"])
     store = m["channel"] == "store"
     assert m.loc[store, "store_id"].notna().all() and m.loc[~store, "store_id"].isna().all()
+
+
+def test_a_world_in_parts_is_one_world_of_strangers_with_consistent_ids(world, tmp_path):
+    from simulate.parts import simulate_in_parts  # noqa: PLC0415
+
+    summary = simulate_in_parts(tmp_path, people=3000, seed=11, as_of=AS_OF, part=1000)
+    assert summary["parts"] == 3
+    assert summary["rows"] == {name: len(read(tmp_path, name)) for name in TABLES}
+    assert summary["rows"]["traffic"] == 5 * 3000
+    m, o, w = read(tmp_path, "memberships"), read(tmp_path, "orders"), read(tmp_path, "wecom")
+    devices, traffic = read(tmp_path, "devices"), read(tmp_path, "traffic")
+    stores, events = read(tmp_path, "stores"), read(tmp_path, "wecom_interactions")
+    for frame, column in ((m, "record_id"), (o, "order_id"), (w, "friendship_id"), (traffic, "exposure_id"),
+                          (stores, "store_id"), (events, "event_id")):
+        assert frame[column].is_unique, column
+    for ids in (o["store_id"], m["store_id"], w["store_id"], "s" + events["group_id"].dropna().str.split("-s").str[1]):
+        assert set(ids.dropna()) <= set(stores["store_id"])  # every part's stores, none shared
+    assert set(events["guide_id"]) <= set(w["guide_id"])
+    assert (devices.groupby("device_key")["os"].nunique() == 1).all()  # a device key is one device
+    assert set(read(tmp_path, "membership_devices")["record_id"]) <= set(m["record_id"])
+    assert set(o["record_id"]) <= set(m["record_id"])
+    assert set(read(tmp_path, "truth_memberships")["record_id"]) == set(m["record_id"])
+    people = read(tmp_path, "truth_people")["truth_person"]
+    assert people.is_unique and len(people) == 3000
+    assert set(traffic["device_key"]) <= set(read(tmp_path, "truth_devices")["device_key"])
+    assert w["guide_id"].str.split("-").str[0].str[1:].astype(int).eq(w["store_id"].str[1:].astype(int)).all()
+    # Each part is a world of the same statistics as one simulated whole.
+    whole = read(world[0], "memberships")
+    assert len(m) / 3000 == pytest.approx(len(whole) / 3000, rel=0.1)
+    assert m["channel"].value_counts(normalize=True).to_dict() == pytest.approx(
+        whole["channel"].value_counts(normalize=True).to_dict(), abs=0.05)
+    assert o["store_id"].nunique() > read(world[0], "orders")["store_id"].nunique()  # stores of each part
