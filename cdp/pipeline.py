@@ -69,8 +69,11 @@ class Stages:
         self._progress(f"[cdp] {stage:<9} {self.seconds[stage]:7.2f}s  {detail}".rstrip())
 
 
-def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_ts: int | None = None):
-    """(con, stages, profiles, index, resolution, as_of): everything up to, not including, the export."""
+def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_ts: int | None = None,
+          save_state: bool = True):
+    """(con, stages, profiles, index, resolution, as_of): everything up to, not including, the export.
+    With `save_state` False (reports), OneID changes are counted against `state_dir` but nothing is written
+    there, so the next run still compares with the last run."""
     stages = Stages(progress)
     as_of = world_as_of(cfg.input, cfg.as_of)
     work = Path(cfg.work_dir or engine.scratch_dir("rta-cdp-work-"))
@@ -86,7 +89,7 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     tables = ingest.read_parquet(con, work)
     guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()))
     profiles, index, res = profile_tables(tables, as_of, built_ts, guardrails, tags=True)
-    moved = _compare_with_last_run(con, cfg.state_dir, res) if cfg.state_dir else None
+    moved = _compare_with_last_run(con, cfg.state_dir, res, save_state) if cfg.state_dir else None
     stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds"
                 + (f"; OneIDs vs last run: {moved}" if moved else ""))
     stages.oneid_changes = moved
@@ -121,21 +124,24 @@ def _distribution(t, column: str) -> dict[str, int]:
 CHANGES_DIR = "oneid_changes"  # one Parquet file of merges and splits per run, named by its start time
 
 
-def _compare_with_last_run(con, state_dir: Path, res) -> dict | None:
-    """Merges and splits against the map saved by the last run in state_dir (counted, and each one
-    written to `{state_dir}/oneid_changes/{time}.parquet`), then save this run's map."""
+def _compare_with_last_run(con, state_dir: Path, res, save: bool = True) -> dict | None:
+    """Merges and splits against the map saved by the last run in state_dir (counted, and with `save`
+    each one written to `{state_dir}/oneid_changes/{time}.parquet` and this run's map saved)."""
     state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / IDENTIFIERS_FILE
     moved = None
     if path.exists():
         previous = con.read_parquet(str(path))
         moved = changes(previous, res.identifiers)
+    if not save:
+        return moved
+    if moved is not None:
         log_dir = state_dir / CHANGES_DIR
-        log_dir.mkdir(exist_ok=True)
+        log_dir.mkdir(parents=True, exist_ok=True)
         moved["log"] = str(log_dir / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.parquet")
         change_log(previous, res.identifiers).to_pandas().sort_values(
             ["change", "old_one_id", "new_one_id"], ignore_index=True).to_parquet(moved["log"], index=False)
+    state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / (IDENTIFIERS_FILE + ".tmp")
     res.identifiers.to_parquet(tmp)
     tmp.replace(path)  # read before this point: the comparison above has been computed already
@@ -195,7 +201,7 @@ def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date 
 
 def report(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Identity accuracy against the world's truth files (when present), segment sizes; no export."""
-    con, stages, profiles, _index, res, as_of = build(cfg, progress)
+    con, stages, profiles, _index, res, as_of = build(cfg, progress, save_state=False)
     out = {"as_of": as_of.isoformat(), "engine": cfg.engine, "ingest": stages.ingest}
     if (Path(cfg.input) / "truth_memberships.parquet").exists():
         out["identity"] = identity_accuracy(con, cfg.input, res)

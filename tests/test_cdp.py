@@ -357,14 +357,23 @@ def test_oneids_are_stable_and_merges_and_splits_are_counted():
     assert identity.change_log(identifiers(run1), identifiers(run2)).count().to_pyarrow().as_py() == 0
 
 
-def test_a_run_with_state_dir_writes_its_merges_and_splits(small_world, tmp_path, capsys):
+def test_a_run_with_state_dir_writes_its_merges_and_splits_and_a_report_only_reads(small_world, tmp_path, capsys,
+                                                                                     redis_url):
     config = tmp_path / "cdp.yaml"
-    config.write_text(f"input: {small_world}\nstate_dir: {tmp_path / 'state'}\n")
+    state = tmp_path / "state"
+    config.write_text(f"input: {small_world}\nstate_dir: {state}\nredis_url: {redis_url}\nnamespace: sd\n"
+                      "grace_s: 0\npredictive: {enabled: false}\n")
     assert cli.main(["cdp", "report", "--config", str(config)]) == 0
+    assert not state.exists()  # a report reads the state, never writes it
+    assert cli.main(["cdp", "run", "--config", str(config)]) == 0
     assert "OneIDs vs last run" not in capsys.readouterr().err  # the first run has nothing to compare with
+    saved = (state / "identifiers.parquet").read_bytes()
     assert cli.main(["cdp", "report", "--config", str(config)]) == 0
     assert "OneIDs vs last run" in capsys.readouterr().err
-    logs = list((tmp_path / "state" / "oneid_changes").glob("*.parquet"))
+    assert not (state / "oneid_changes").exists() and (state / "identifiers.parquet").read_bytes() == saved
+    assert cli.main(["cdp", "run", "--config", str(config)]) == 0
+    assert "OneIDs vs last run" in capsys.readouterr().err
+    logs = list((state / "oneid_changes").glob("*.parquet"))
     assert len(logs) == 1
     assert list(pd.read_parquet(logs[0]).columns) == ["change", "old_one_id", "new_one_id"]
 
