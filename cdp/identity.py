@@ -304,7 +304,8 @@ def changes(previous: ir.Table, current: ir.Table) -> dict[str, int]:
     """How OneIDs moved between two runs' [key, one_id] maps (keys present in both runs).
 
     kept: previous OneIDs still in use; merged: current OneIDs that took the keys of 2+ previous ones;
-    split: previous OneIDs whose keys now belong to 2+ current ones.
+    split: previous OneIDs whose keys now belong to 2+ current ones. OneIDs without a usable identifier
+    (a record named after itself) are in neither map and not counted.
     """
     prev = previous.select("key", old="one_id")
     both = prev.join(current.select("key", new="one_id"), "key").select("old", "new").distinct()
