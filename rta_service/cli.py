@@ -197,10 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("demo", help="end to end on embedded defaults: simulate, cdp, train, serve, traffic")
-    p.add_argument("--people", type=int, default=20000)
-    p.add_argument("--requests", type=int, default=3000)
-    p.add_argument("--concurrency", type=int, default=4, help="calls in flight")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--people", type=int, default=20000, help="people in the simulated world (default 20000)")
+    p.add_argument("--requests", type=int, default=3000, help="Decide calls sent through gRPC (default 3000)")
+    p.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the world and the traffic (default 7)")
     p.add_argument("--keep", type=Path, help="keep the world and model in this directory")
     p.set_defaults(func=_demo)
 

@@ -170,6 +170,16 @@ def _await_version(target: str, version: str, timeout: float = 15.0) -> bool:
 
 def run_loop(days: int, people: int = 20000, seed: int = 7, traffic: int | None = None,
              requests_per_day: int | None = None, workdir: Path | None = None, say=print) -> list[DayResult]:
+    """The loop for `days` simulated days, one DayResult (and one printed line) per day. Its files go to
+    `workdir` if given, else to a temporary directory removed at the end."""
+    if workdir is not None:
+        return _run_loop(days, people, seed, traffic, requests_per_day, Path(workdir), say)
+    with tempfile.TemporaryDirectory(prefix="rta-loop-") as tmp:
+        return _run_loop(days, people, seed, traffic, requests_per_day, Path(tmp), say)
+
+
+def _run_loop(days: int, people: int, seed: int, traffic: int | None, requests_per_day: int | None,
+              workdir: Path, say) -> list[DayResult]:
     from cdp.engine import connect
     from cdp.pipeline import run as run_cdp
     from loadtest.server_process import ServerProcess
@@ -182,7 +192,7 @@ def run_loop(days: int, people: int = 20000, seed: int = 7, traffic: int | None 
 
     if not 1 <= days <= 7:
         raise ValueError("--days must be 1..7 (the simulated traffic spans 7 days)")
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="rta-loop-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     results: list[DayResult] = []
     with redis_for_demo() as redis_url:
@@ -196,7 +206,7 @@ def run_loop(days: int, people: int = 20000, seed: int = 7, traffic: int | None 
         registry.promote(reg, first["model_version"])
         say(f"[loop] world of {people:,} people ({meta['rows']['traffic']:,} exposures over 7 days), "
             f"{cdp['profiles']:,} profiles in Redis; bootstrap model {first['model_version']} (AUC {first['auc']} "
-            f"on another world); work directory {workdir}")
+            f"on another world); work directory {workdir} (removed at the end unless given with --out)")
         con = connect()
         conversions = pd.DataFrame()
         truth: dict[str, float] = {}  # request_id -> true propensity, for the reports' ceiling
