@@ -107,9 +107,8 @@ class Entries:
     def field_bulk(self, lo: int, hi: int) -> wire.Padded:
         """The RESP bulk strings ("$17" CRLF field CRLF) of entries lo..hi."""
         n = hi - lo
-        head = np.tile(np.frombuffer(b"$%d\r\n" % keyspace.FIELD_BYTES, np.uint8), (n, 1))
-        tail = np.tile(np.frombuffer(b"\r\n", np.uint8), (n, 1))
-        return wire.fixed(np.concatenate([head, self.field[lo:hi], tail], axis=1))
+        return wire.side_by_side(wire.const(b"$%d\r\n" % keyspace.FIELD_BYTES, n), wire.fixed(self.field[lo:hi]),
+                                 wire.const(b"\r\n", n))
 
 
 def _read_replies(owed: list[tuple]) -> None:
@@ -276,20 +275,19 @@ def delete_generations(client, ns: str, keep: int | None = None, only: int | Non
     return removed
 
 
-def _records(profiles: pd.DataFrame, index: pd.DataFrame) -> tuple[wire.Ragged, np.ndarray, wire.Ragged]:
-    """(each person's record, the person row of each device entry of `index`, each person's record
-    without `updated_ts`). The last is what digests are taken of: `updated_ts` changes every run, and
-    an unchanged record keeps the build time it was first written with."""
+def _records(profiles: pd.DataFrame, index: pd.DataFrame, unstamped: bool) -> tuple[wire.Ragged, np.ndarray,
+                                                                                      wire.Ragged | None]:
+    """(each person's record, the person row of each device entry of `index`, and when `unstamped` each
+    person's record without `updated_ts`). The last is what digests are taken of: `updated_ts` changes
+    every run, and an unchanged record keeps the build time it was first written with."""
     from .profiles import COLUMNS, score_columns  # noqa: PLC0415 - profiles imports the engine; keep this module light
 
     pos = pc.index_in(pa.array(index["one_id"]), value_set=pa.array(profiles["one_id"]))
     pos = pos.fill_null(-1).to_numpy().astype(np.int64)
     if (pos < 0).any():
         raise ValueError(f"{int((pos < 0).sum())} device IDs point at OneIDs without a profile")
-    frame = profiles[list(COLUMNS) + score_columns(profiles.columns)]
-    unstamped = wire.encode_profiles(frame, stamp=False)
-    stamped = wire.encode_profiles(frame)
-    return stamped, pos, unstamped
+    head, updated, scores = wire.profile_fields(profiles[list(COLUMNS) + score_columns(profiles.columns)])
+    return wire.compact(*head, updated, *scores), pos, wire.compact(*head, *scores) if unstamped else None
 
 
 def _load_state(state_dir: Path | None) -> dict | None:
@@ -322,8 +320,8 @@ def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta",
     started = time.perf_counter()
     nodes = _nodes(client)
     live = keyspace.parse_pointer(client.get(keyspace.generation_key(ns)))
-    records, person, unstamped = _records(profiles, index)
-    digest = wire.digests(unstamped)[person] if state_dir is not None else None
+    records, person, unstamped = _records(profiles, index, unstamped=state_dir is not None)
+    digest = wire.digests(unstamped)[person] if unstamped is not None else None
     summary = {"profiles": len(profiles), "previous_generation": live.generation}
     state = _load_state(state_dir)
     why_full = None

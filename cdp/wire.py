@@ -157,23 +157,27 @@ def repeated_strings(number: int, rows) -> Padded:
     return Padded(encoded.matrix[codes], encoded.keep[codes])
 
 
-def encode_profiles(profiles: pd.DataFrame, stamp: bool = True) -> Ragged:
-    """rta.v1.Profile bytes of each row of a frame with cdp.profiles.COLUMNS (version PROFILE_VERSION),
-    byte for byte what protobuf's SerializeToString gives for cdp.profiles.to_message(row); without
-    `updated_ts` (field 12, the last) when not `stamp`."""
+def profile_fields(profiles: pd.DataFrame) -> tuple[list[Padded], Padded, list[Padded]]:
+    """The rta.v1.Profile fields of each row of a frame with cdp.profiles.COLUMNS (and optional
+    `score_{name}` columns), in field-number order: (fields 1-11, field 12 `updated_ts`, the scores map,
+    field 13). Split at `updated_ts` so a record can be built with and without it from one encoding."""
     n = len(profiles)
     col = profiles.__getitem__
     numbered = ((5, "order_count"), (6, "last_order_ts"), (7, "first_seen_ts"), (8, "monetary_fen"),
-                (9, "wecom_friend"), (10, "channel_count"), (11, "device_count"), (12, "updated_ts"))
-    numbered = numbered if stamp else numbered[:-1]
-    return compact(
-        int_field(1, np.full(n, keyspace.PROFILE_VERSION)),
-        *bytes_field(2, from_bytes(col("one_id"))),
-        int_field(3, col("is_member")),
-        repeated_strings(4, col("segments")),
-        *(int_field(number, col(name)) for number, name in numbered),
-        *(score_entry(name[len(SCORE_PREFIX):], col(name)) for name in score_columns(profiles.columns)),
-    )
+                (9, "wecom_friend"), (10, "channel_count"), (11, "device_count"))
+    head = [int_field(1, np.full(n, keyspace.PROFILE_VERSION)), *bytes_field(2, from_bytes(col("one_id"))),
+            int_field(3, col("is_member")), repeated_strings(4, col("segments")),
+            *(int_field(number, col(name)) for number, name in numbered)]
+    scores = [score_entry(name[len(SCORE_PREFIX):], col(name)) for name in score_columns(profiles.columns)]
+    return head, int_field(12, col("updated_ts")), scores
+
+
+def encode_profiles(profiles: pd.DataFrame, stamp: bool = True) -> Ragged:
+    """rta.v1.Profile bytes of each row of a frame with cdp.profiles.COLUMNS (version PROFILE_VERSION),
+    byte for byte what protobuf's SerializeToString gives for cdp.profiles.to_message(row); without
+    `updated_ts` (field 12) when not `stamp`."""
+    head, updated, scores = profile_fields(profiles)
+    return compact(*head, *([updated] if stamp else []), *scores)
 
 
 def score_entry(name: str, values) -> Padded:
