@@ -22,14 +22,14 @@ import ibis.expr.types as ir
 from rta.v1 import decision_pb2 as pb
 from rta_service.ids import DEFAULT_PRECEDENCE
 
-from .identity import HEX32, Resolution, trim, usable
+from .identity import HEX32, Resolution, usable
 
 PRECEDENCE = {pb.IdType.Value(name): rank for rank, name in enumerate(DEFAULT_PRECEDENCE)}
 
 
 def _best_device(devices: ir.Table) -> ir.Table:
     """[record_id, id_type, md5]: each account's usable device ID that ranks first in PRECEDENCE."""
-    md5 = trim(devices.value_md5).lower()
+    md5 = devices.value_md5  # normalized at ingest (cdp.identity.normalize)
     rank = devices.id_type.cases(*PRECEDENCE.items())
     d = devices.filter(usable(devices.value_md5), md5.re_search(HEX32), rank.notnull())
     d = d.select("record_id", id_type=d.id_type.cast("int32"), md5=md5, rank=rank)

@@ -1,5 +1,8 @@
 """Input tables onto an engine: Parquet files of a world directory, or in-memory frames (tests, training).
 
+Identifier columns reach the engine normalised (cdp.schema.normalize): `register` normalises frames itself,
+`read_parquet` expects files cdp.validate wrote (or that are already clean, as simulated worlds are).
+
 Optional inputs (cdp.schema.OPTIONAL_TABLES and OPTIONAL_COLUMNS) that are absent are supplied empty
 or as null columns, so every expression downstream sees the full schema.
 """
@@ -12,8 +15,9 @@ from pathlib import Path
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
+import pyarrow as pa
 
-from .schema import OPTIONAL_COLUMNS, OPTIONAL_TABLES, SCHEMAS
+from .schema import NORMALIZED_COLUMNS, OPTIONAL_COLUMNS, OPTIONAL_TABLES, SCHEMAS, normalize
 
 CDP_TABLES = ("memberships", "membership_devices", "orders", "wecom", "wecom_interactions", "stores")
 _names = itertools.count()
@@ -40,6 +44,8 @@ def _memtable(name: str, frame: pd.DataFrame) -> ibis.Table:
     if schema is None:
         return ibis.memtable(frame)
     frame = frame.assign(**{c: None for c in OPTIONAL_COLUMNS.get(name, ()) if c not in frame.columns})
+    frame = frame.assign(**{c: normalize(name, c, pa.array(frame[c], pa.string(), from_pandas=True)).to_numpy(
+        zero_copy_only=False) for c in NORMALIZED_COLUMNS.get(name, ())})
     frame = frame[list(schema.names)].astype({c: object for c, t in schema.items() if t.is_string()})
     return ibis.memtable(frame.where(frame.notna(), None), schema=schema)
 

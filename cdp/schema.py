@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ibis
+import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMAS: dict[str, ibis.Schema] = {
     "memberships": ibis.schema({
@@ -29,3 +31,24 @@ OPTIONAL_TABLES = ("wecom_interactions", "stores")
 # (and the run says so). Every other column must be present, so a misspelt header is an error, not nulls.
 OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"memberships": ("openid", "external_userid", "store_id")}
 INTERACTION_TYPES = ("friend_add", "friend_remove", "chat", "group_join", "group_leave")
+
+# The columns that carry identifiers (cdp.identity links records by them; WeCom events attach by
+# external_userid), and those of them holding hex digests. Ingest normalises them once (`normalize`: by
+# cdp.validate for every input file, by cdp.ingest.register for in-memory frames), so the engine compares
+# values as they are.
+NORMALIZED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "memberships": ("member_id", "phone_hash", "unionid", "buyer_id", "openid", "external_userid"),
+    "wecom": ("external_userid", "unionid", "phone_hash"),
+    "membership_devices": ("value_md5",),
+    "wecom_interactions": ("external_userid",),
+}
+LOWERED_COLUMNS = frozenset({"phone_hash", "value_md5"})  # hex digests: case carries no meaning
+
+
+def normalize(table: str, column: str, values: pa.Array) -> pa.Array:
+    """An input column as the engine reads it: an identifier column (NORMALIZED_COLUMNS) without leading
+    and trailing whitespace, lower-cased when it holds hex digests (LOWERED_COLUMNS); others unchanged."""
+    if column not in NORMALIZED_COLUMNS.get(table, ()) or not pa.types.is_string(values.type):
+        return values
+    values = pc.utf8_trim_whitespace(values)
+    return pc.utf8_lower(values) if column in LOWERED_COLUMNS else values

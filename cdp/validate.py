@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ import pyarrow.parquet as pq
 
 from rta_service import keyspace
 
-from .schema import INTERACTION_TYPES, OPTIONAL_COLUMNS, OPTIONAL_TABLES, SCHEMAS
+from .schema import INTERACTION_TYPES, OPTIONAL_COLUMNS, OPTIONAL_TABLES, SCHEMAS, normalize
 
 CHANNELS = ("store", "miniprogram", "app", "tmall", "jd", "douyin")
 REQUIRED = {
@@ -145,80 +147,90 @@ def _check_column(table: str, name: str, col: pa.Array,
         elif pc.any(raw).as_py():
             col = pa.array([hashlib.md5((salt + "".join(c for c in v if c.isdigit())).encode()).hexdigest()
                             if r else v for v, r in zip(col.to_pylist(), raw.to_pylist(), strict=True)], pa.string())
-    return pc.cast(col, want), problems
-
-
-def _csv_writer(file):
-    writer = csv.writer(file)
-    writer.writerow(["file", "row", "field", "reason"])
-    return writer
+    return normalize(table, name, pc.cast(col, want)), problems
 
 
 def _store_ids(work_dir: Path) -> pa.Array:
     return pc.unique(pq.read_table(work_dir / "stores.parquet", columns=["store_id"]).column("store_id"))
 
 
+def _validate_table(table: str, path: Path | None, work_dir: Path, phone_salt: str | None,
+                    known_stores: pa.Array | None) -> dict:
+    """One table: clean rows to `{work_dir}/{table}.parquet`, its rejects and warnings to part files of their
+    own (validate() joins them in table order, so the files do not depend on which thread ran first)."""
+    schema = SCHEMAS[table].to_pyarrow()
+    seen = kept = 0
+    absent, batches = _open(path, table) if path is not None else ([], ())
+    check_store = known_stores is not None and table in STORE_REFERENCES
+    store_seen: set[str] = set()
+    warned = 0
+    parts = {kind: work_dir / f".{kind}.{table}.csv" for kind in ("rejects", "warnings")}
+    with open(parts["rejects"], "w", newline="", encoding="utf-8") as rejects_file, \
+            open(parts["warnings"], "w", newline="", encoding="utf-8") as warnings_file, \
+            pq.ParquetWriter(work_dir / f"{table}.parquet", schema) as writer:
+        rejects, warnings = csv.writer(rejects_file), csv.writer(warnings_file)
+        for batch in batches:
+            bad = np.zeros(batch.num_rows, dtype=bool)
+            columns = []
+            for name in schema.names:
+                col, problems = _check_column(table, name, _column(batch, name), phone_salt)
+                columns.append(col)
+                for mask, reason in problems:
+                    for row in np.flatnonzero(mask & ~bad):
+                        rejects.writerow([str(path), seen + int(row) + 1, name, reason])
+                    bad |= mask
+            if table == "stores":  # a store master is small: the ids seen so far fit in a set
+                for row, store_id in enumerate(columns[schema.get_field_index("store_id")].to_pylist()):
+                    if not bad[row] and store_id in store_seen:
+                        rejects.writerow([str(path), seen + row + 1, "store_id", "duplicate store_id"])
+                        bad[row] = True
+                    elif not bad[row]:
+                        store_seen.add(store_id)
+            good = pa.RecordBatch.from_arrays(columns, schema=schema)
+            if check_store:
+                store = good.column(schema.get_field_index("store_id"))
+                unknown = pc.and_(pc.is_valid(store), pc.invert(pc.is_in(store, known_stores)))
+                unknown = unknown.to_numpy(zero_copy_only=False) & ~bad
+                for row in np.flatnonzero(unknown):
+                    warnings.writerow([str(path), seen + int(row) + 1, "store_id",
+                                       "unknown store (not in stores); row kept"])
+                warned += int(unknown.sum())
+            good = good.filter(pa.array(~bad))
+            writer.write_batch(good)
+            seen += batch.num_rows
+            kept += good.num_rows
+    return {"counts": {"in": seen, "out": kept, "rejected": seen - kept}, "absent": absent, "warned": warned,
+            "parts": parts}
+
+
 def validate(input_dir: Path, work_dir: Path, phone_salt: str | None = None,
-             tables: tuple[str, ...] = tuple(SCHEMAS)) -> dict:
+             tables: tuple[str, ...] = tuple(SCHEMAS), threads: int = 2) -> dict:
     """Write clean Parquet for `tables` to work_dir, bad rows to work_dir/rejects.csv and kept rows that
     name an unknown store to work_dir/warnings.csv; returns counts per table, absent optional tables and
-    columns, and warning counts per `table.field`."""
+    columns, and warning counts per `table.field`. Tables are checked `threads` at a time (Arrow's
+    kernels and Parquet I/O release the GIL), stores first: the others refer to it."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, dict[str, int]] = {}
-    absent_tables: list[str] = []
-    absent_columns: dict[str, list[str]] = {}
-    warned: dict[str, int] = {}
-    known_stores = None
-    with open(work_dir / "rejects.csv", "w", newline="", encoding="utf-8") as rejects_file, \
-            open(work_dir / "warnings.csv", "w", newline="", encoding="utf-8") as warnings_file:
-        rejects, warnings = _csv_writer(rejects_file), _csv_writer(warnings_file)
-        for table in sorted(tables, key=lambda t: t != "stores"):  # stores first: the others refer to it
-            path = _source(input_dir, table)
-            schema = SCHEMAS[table].to_pyarrow()
-            seen = kept = 0
-            absent, batches = _open(path, table) if path is not None else ([], ())
-            if path is None:
-                absent_tables.append(table)
-            if absent:
-                absent_columns[table] = absent
-            check_store = known_stores is not None and table in STORE_REFERENCES
-            store_seen: set[str] = set()
-            with pq.ParquetWriter(work_dir / f"{table}.parquet", schema) as writer:
-                for batch in batches:
-                    bad = np.zeros(batch.num_rows, dtype=bool)
-                    columns = []
-                    for name in schema.names:
-                        col, problems = _check_column(table, name, _column(batch, name), phone_salt)
-                        columns.append(col)
-                        for mask, reason in problems:
-                            for row in np.flatnonzero(mask & ~bad):
-                                rejects.writerow([str(path), seen + int(row) + 1, name, reason])
-                            bad |= mask
-                    if table == "stores":  # a store master is small: the ids seen so far fit in a set
-                        for row, store_id in enumerate(columns[schema.get_field_index("store_id")].to_pylist()):
-                            if not bad[row] and store_id in store_seen:
-                                rejects.writerow([str(path), seen + row + 1, "store_id", "duplicate store_id"])
-                                bad[row] = True
-                            elif not bad[row]:
-                                store_seen.add(store_id)
-                    good = pa.RecordBatch.from_arrays(columns, schema=schema)
-                    if check_store:
-                        store = good.column(schema.get_field_index("store_id"))
-                        unknown = pc.and_(pc.is_valid(store), pc.invert(pc.is_in(store, known_stores)))
-                        unknown = unknown.to_numpy(zero_copy_only=False) & ~bad
-                        for row in np.flatnonzero(unknown):
-                            warnings.writerow([str(path), seen + int(row) + 1, "store_id",
-                                               "unknown store (not in stores); row kept"])
-                        if unknown.any():
-                            field = f"{table}.store_id"
-                            warned[field] = warned.get(field, 0) + int(unknown.sum())
-                    good = good.filter(pa.array(~bad))
-                    writer.write_batch(good)
-                    seen += batch.num_rows
-                    kept += good.num_rows
-            counts[table] = {"in": seen, "out": kept, "rejected": seen - kept}
-            if table == "stores" and path is not None:
-                known_stores = _store_ids(work_dir)
-    return {"tables": counts, "rejects_file": str(work_dir / "rejects.csv"), "absent_tables": absent_tables,
-            "absent_columns": absent_columns, "warnings": warned, "warnings_file": str(work_dir / "warnings.csv")}
+    sources = {table: _source(input_dir, table) for table in tables}
+    done: dict[str, dict] = {}
+    if "stores" in sources:
+        done["stores"] = _validate_table("stores", sources["stores"], work_dir, phone_salt, None)
+    known_stores = _store_ids(work_dir) if sources.get("stores") is not None else None
+    rest = [t for t in tables if t != "stores"]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        futures = {t: pool.submit(_validate_table, t, sources[t], work_dir, phone_salt, known_stores) for t in rest}
+        done.update({t: f.result() for t, f in futures.items()})
+    order = sorted(tables, key=lambda t: t != "stores")
+    for kind in ("rejects", "warnings"):
+        with open(work_dir / f"{kind}.csv", "w", newline="", encoding="utf-8") as out:
+            csv.writer(out).writerow(["file", "row", "field", "reason"])
+            for table in order:
+                part = done[table]["parts"][kind]
+                with open(part, encoding="utf-8", newline="") as f:
+                    shutil.copyfileobj(f, out)
+                part.unlink()
+    return {"tables": {t: done[t]["counts"] for t in order}, "rejects_file": str(work_dir / "rejects.csv"),
+            "absent_tables": [t for t in order if sources[t] is None],
+            "absent_columns": {t: done[t]["absent"] for t in order if done[t]["absent"]},
+            "warnings": {f"{t}.store_id": done[t]["warned"] for t in order if done[t]["warned"]},
+            "warnings_file": str(work_dir / "warnings.csv")}
