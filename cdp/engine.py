@@ -91,6 +91,15 @@ def name_of(con: ibis.BaseBackend) -> str:
     return con.name
 
 
+def duckdb_batches(expr: ir.Table, rows: int):
+    """The record batches (about `rows` each) of a DuckDB expression, streamed from one query. (Ibis 12's
+    to_pyarrow_batches calls fetch_record_batch, which DuckDB 2 no longer has.)"""
+    con = expr._find_backend()
+    relation = con.con.sql(con.compile(expr))  # the DuckDB connection under Ibis; a relation streams
+    yield from relation.to_arrow_reader(rows) if hasattr(relation, "to_arrow_reader") else \
+        relation.fetch_arrow_reader(rows)
+
+
 _checkpoints: dict[str, Any] = {}
 _checkpoint_ids = itertools.count()
 

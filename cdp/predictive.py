@@ -41,6 +41,7 @@ from sklearn.metrics import roc_auc_score
 
 from training.evaluate import metrics
 
+from . import engine
 from .engine import materialize, release
 from .identity import Resolution
 from .profiles import DAY, SCORE_PREFIX, before, cutoff_ts, profile_tables
@@ -63,7 +64,10 @@ PARAMS = {
     # against 7 s for 300k (OpenMP threads waiting for a busy core); the model is the same either way.
     "n_jobs": 1, "deterministic": True, "force_row_wise": True, "verbose": -1,
 }
-SCORE_BATCH = 200_000
+SCORE_BATCH = 500_000
+# The T0 pass resolves and profiles only as many people as training needs: each population's share of
+# people as of now is sized to offer SAMPLE_MARGIN x max_train_rows OneIDs (fewer people existed at T0).
+SAMPLE_MARGIN = 1.5
 
 
 def repurchase_name(horizon_days: int) -> str:
@@ -137,10 +141,11 @@ def _hash_prefix(share: float) -> str:
     return f"{min(int(share * 16**8), 16**8 - 1):08x}"
 
 
-def sample(t: ir.Table, max_rows: int) -> ir.Table:
-    """At most ~max_rows rows of t, chosen by OneID (a hex hash): the same rows on every engine."""
+def sample(t: ir.Table, max_rows: int, within: float = 1.0) -> ir.Table:
+    """At most ~max_rows rows of t, chosen by OneID (a hex hash): the same rows on every engine. `within`:
+    the share of the hash range t's OneIDs were already drawn from (sample_people), about."""
     n = int(t.count().to_pyarrow().as_py())
-    return t if n <= max_rows else t.filter(t.one_id.substr(0, 8) < _hash_prefix(max_rows / n))
+    return t if n <= max_rows else t.filter(t.one_id.substr(0, 8) < _hash_prefix(within * max_rows / n))
 
 
 def chunks(t: ir.Table, batch_rows: int):
@@ -154,6 +159,17 @@ def chunks(t: ir.Table, batch_rows: int):
         cond = cond & (prefix >= lo) if lo is not None else cond
         cond = cond & (prefix < hi) if hi is not None else cond
         yield t.filter(cond)
+
+
+def batches(t: ir.Table, batch_rows: int):
+    """t as pandas frames of about batch_rows rows. DuckDB streams them from one query; elsewhere each part is
+    a query by OneID hash (`chunks`), since Spark's to_pyarrow_batches collects the whole table first."""
+    if engine.name_of(t._find_backend()) == "duckdb":
+        for batch in engine.duckdb_batches(t, batch_rows):
+            yield batch.to_pandas()
+        return
+    for part in chunks(t, batch_rows):
+        yield part.to_pandas()
 
 
 # --- training and scoring (in process) -----------------------------------------------------------------------
@@ -208,8 +224,7 @@ def score(features: ir.Table, models: dict[bool, Model], path: Path, names: tupl
     written = 0
     features = materialize(features)
     with pq.ParquetWriter(path, schema) as out:
-        for part in chunks(features, batch_rows):
-            frame = part.to_pandas()
+        for frame in batches(features, batch_rows):
             if frame.empty:
                 continue
             cols = {n: np.full(len(frame), np.nan) for n in names}
@@ -228,20 +243,56 @@ def score(features: ir.Table, models: dict[bool, Model], path: Path, names: tupl
 
 # --- the stage ------------------------------------------------------------------------------------------------
 
+def people_share(res_now: Resolution, max_train_rows: int) -> float:
+    """The share of people the T0 pass needs so that each population (buyers and non-buyers, counted as of
+    now) still offers about SAMPLE_MARGIN x max_train_rows OneIDs; 1.0 when the world is that small."""
+    tags = res_now.tags
+    row = tags.aggregate(buyers=(tags.order_count > 0).cast("int64").sum(), n=tags.count()).to_pyarrow()
+    row = row.to_pylist()[0]
+    smaller = min(int(row["buyers"] or 0), int(row["n"]) - int(row["buyers"] or 0))
+    return 1.0 if smaller == 0 else min(1.0, SAMPLE_MARGIN * max_train_rows / smaller)
+
+
+def sample_people(tables: dict[str, ir.Table], res_now: Resolution,
+                  share: float) -> tuple[dict[str, ir.Table], ir.Table | None]:
+    """(the inputs restricted to about `share` of the people as of now, the materialised [table, record_id]
+    of the records kept, None when share >= 1 keeps everyone): the records of the OneIDs whose hash
+    falls below `share`, together with every record of their connected components (Resolution.records), so
+    that resolving the sample at an earlier cutoff gives exactly the OneIDs the whole input would give
+    those records (a person's past records can only join records of the same component)."""
+    if share >= 1.0:
+        return tables, None
+    recs = res_now.records
+    picked = recs.filter(recs.one_id.substr(0, 8) < _hash_prefix(share))
+    components = picked.filter(picked.component.notnull()).select("component").distinct()
+    chosen = picked.filter(picked.component.isnull()).select("table", "record_id").union(
+        recs.join(components, "component", how="semi").select("table", "record_id"), distinct=False)
+    chosen = chosen.pipe(materialize)
+    members = chosen.filter(chosen.table == "memberships").select("record_id")
+    friends = chosen.filter(chosen.table == "wecom").select(friendship_id="record_id")
+    return {**tables,
+            "memberships": tables["memberships"].join(members, "record_id", how="semi"),
+            "membership_devices": tables["membership_devices"].join(members, "record_id", how="semi"),
+            "orders": tables["orders"].join(members, "record_id", how="semi"),
+            "wecom": tables["wecom"].join(friends, "friendship_id", how="semi")}, chosen
+
+
 def training_set(tables: dict[str, ir.Table], res_now: Resolution, as_of: dt.date, horizon_days: int,
-                 guardrails=None) -> tuple[ir.Table, Callable[[], None]]:
-    """([one_id, buyer, *FEATURES, label] of every OneID as of T0 = as_of - horizon_days, a function that
-    frees the T0 tables once the result has been read)."""
+                 guardrails=None, share: float = 1.0) -> tuple[ir.Table, Callable[[], None]]:
+    """([one_id, buyer, *FEATURES, label] of every OneID as of T0 = as_of - horizon_days among `share` of
+    the people (sample_people; all of them by default), a function that frees the T0 tables once the result
+    has been read)."""
     t0 = as_of - dt.timedelta(days=horizon_days)
     start, end = cutoff_ts(t0), cutoff_ts(as_of)
     kwargs = {"guardrails": guardrails} if guardrails is not None else {}
+    tables, chosen = sample_people(tables, res_now, share)
     profiles_t0, index_t0, res_t0 = profile_tables(tables, t0, built_ts=0, tags=True, **kwargs)
     positive = labels(tables, res_t0, res_now, start, end).mutate(label=ibis.literal(1, "int8"))
     past = features_as_of(tables, res_t0, profiles_t0, start).left_join(positive, "one_id")
     past = past.mutate(label=past.label.fill_null(0).cast("int8")).pipe(materialize)  # read twice per population
 
     def release_all() -> None:
-        for done in (past, profiles_t0, index_t0, res_t0.tags):
+        for done in (past, profiles_t0, index_t0, res_t0.tags, *(() if chosen is None else (chosen,))):
             release(done)
         res_t0.release()
 
@@ -267,15 +318,18 @@ def run(tables: dict[str, ir.Table], res_now: Resolution, profiles_now: ir.Table
         seconds[step] = round(now - clock, 3)
         clock = now
 
-    past, release_past = training_set(tables, res_now, as_of, horizon_days, guardrails)
+    share = people_share(res_now, max_train_rows)
+    past, release_past = training_set(tables, res_now, as_of, horizon_days, guardrails, share)
     lap("training_set")
-    say(f"[cdp]   training set as of T0 {t0} (OneIDs, profiles, tags, labels): {seconds['training_set']:.1f}s")
+    say(f"[cdp]   training set as of T0 {t0} (OneIDs, profiles, tags, labels) of {share:.1%} of the people: "
+        f"{seconds['training_set']:.1f}s")
     repurchase = repurchase_name(horizon_days)
     summary: dict = {"t0": t0.isoformat(), "label_window": [t0.isoformat(), as_of.isoformat()],
-                     "horizon_days": horizon_days, "models": {}, "seconds": seconds}
+                     "horizon_days": horizon_days, "people_share": round(share, 6), "models": {},
+                     "seconds": seconds}
     models: dict[bool, Model] = {}
     for is_buyer, name in ((False, FIRST), (True, repurchase)):
-        rows = sample(past.filter(past.buyer == is_buyer), max_train_rows)
+        rows = sample(past.filter(past.buyer == is_buyer), max_train_rows, within=share)
         frame = rows.to_pandas().sort_values("one_id", ignore_index=True)
         model, info = fit(frame, name, seed, min_positives, BASELINE[is_buyer])
         lap(name)
@@ -332,12 +386,12 @@ def headline(summary: dict) -> str:
     return "; ".join(parts)
 
 
-def attach(profiles: pd.DataFrame, summary: dict) -> pd.DataFrame:
-    """profiles plus a float column `score_{name}` per score (NaN where the person has none), which
-    `cdp.profiles.to_message` and the exporter (`cdp.wire`) put into the Redis profile's `scores` map."""
+def with_scores(profiles: ir.Table, summary: dict) -> ir.Table:
+    """profiles plus a float column `score_{name}` per score (null where the person has none), joined in the
+    engine; `cdp.profiles.to_frame` keeps them and the exporter (`cdp.wire`) puts them into the Redis
+    profile's `scores` map."""
     if "file" not in summary:
         return profiles
-    scores = pd.read_parquet(summary["file"])
-    names = [c for c in scores.columns if c != "one_id"]
-    merged = profiles[["one_id"]].merge(scores, on="one_id", how="left", validate="one_to_one")
-    return profiles.assign(**{SCORE_PREFIX + n: merged[n].to_numpy(dtype=np.float64) for n in names})
+    scores = profiles._find_backend().read_parquet(summary["file"])
+    scores = scores.rename({SCORE_PREFIX + n: n for n in scores.columns if n != "one_id"})
+    return profiles.left_join(scores, "one_id").select(*profiles.columns, *(c for c in scores.columns if c != "one_id"))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import redis
 
-from cdp import engine, ingest, predictive
+from cdp import engine, identity, ingest, predictive
 from cdp.config import CdpConfig, PredictiveConfig
 from cdp.pipeline import build, read_tables, run_config
 from cdp.profiles import cutoff_ts, profile_tables
@@ -120,6 +120,66 @@ def test_labels_are_orders_in_the_window_after_t0(world):
     expected = set(then.loc[then["one_id_now"].isin(window["one_id"]), "one_id_t0"])
     assert set(frame.loc[frame["label"] == 1, "one_id"]) == expected
     assert len(expected) > 300
+
+
+def _sample_matches_whole(t, now, share, day, guardrails) -> pd.DataFrame:
+    """Resolve the sample_people of `share` at `day` and check every sampled record gets the OneID the whole
+    input gives it then, and no OneID of that day is cut in two; returns the records kept with their OneID
+    as of now."""
+    sampled, chosen = predictive.sample_people(t, now, share)
+    _p, _i, whole = profile_tables(t, day, built_ts=0, guardrails=guardrails)
+    _p, _i, part = profile_tables(sampled, day, built_ts=0, guardrails=guardrails)
+    whole, part = whole.records.to_pandas(), part.records.to_pandas()
+    both = part.merge(whole, on=["table", "record_id"], suffixes=("_part", "_whole"), validate="one_to_one")
+    assert len(both) == len(part) > 0
+    assert (both["one_id_part"] == both["one_id_whole"]).all()
+    assert len(whole[whole["one_id"].isin(set(part["one_id"]))]) == len(part)
+    return now.records.to_pandas().merge(chosen.to_pandas(), on=["table", "record_id"])
+
+
+def test_a_sample_of_people_resolves_at_t0_exactly_as_the_whole_input_does(world):
+    """The T0 pass runs on a sample of people (sample_people): each sampled record must get the OneID the
+    whole input gives it at T0, and T0 OneIDs are whole."""
+    tables = read_tables(world)
+    t = ingest.register(engine.connect(), {n: tables[n] for n in ingest.CDP_TABLES})
+    _p, _i, now = profile_tables(t, AS_OF, built_ts=0)
+    picked = _sample_matches_whole(t, now, 0.2, T0, identity.DEFAULT_GUARDRAILS)
+    assert 0.15 < picked["one_id"].nunique() / now.records.to_pandas()["one_id"].nunique() < 0.25
+
+
+def test_a_person_split_by_a_cap_is_sampled_whole():
+    """Where a per-person cap split a person in two OneIDs, sampling one of them takes the other along (they
+    form one component): at an earlier cutoff, without the record that brought the excess value, they are one."""
+    from tests.test_cdp import CUTOFF, DAY, account, world_tables  # noqa: PLC0415 - hand-built inputs
+
+    cut_day = dt.date(2025, 6, 1) - dt.timedelta(days=150)  # before c2 (100 days before 2025-06-01) existed
+    accounts = [account("a", days_ago=400, phone="P1", member_id="M"), account("a2", "app", days_ago=390, phone="P1"),
+                account("b", "app", days_ago=300, phone="P2", member_id="M"),
+                account("c", "tmall", days_ago=200, member=False, phone="P3", member_id="M"),
+                account("c2", "tmall", days_ago=100, member=False, phone="P3")]
+    tables = world_tables(accounts=accounts)
+    assert cutoff_ts(cut_day) < CUTOFF - 100 * DAY
+    t = ingest.register(engine.connect(), tables)
+    caps = identity.Guardrails(caps=(("phone", 1),))
+    _p, _i, now = profile_tables(t, dt.date(2025, 6, 1), built_ts=0, guardrails=caps)
+    records = now.records.to_pandas()
+    ids = sorted(records["one_id"].unique())
+    assert len(ids) == 2 and records["component"].nunique() == 1  # split by the cap, one component
+    share = (int(ids[0][:8], 16) + 1) / 16**8  # takes the OneID of the smaller hash only
+    picked = _sample_matches_whole(t, now, share, cut_day, caps)
+    assert set(picked["record_id"]) == {"a", "a2", "b", "c", "c2"}
+
+
+def test_a_large_world_trains_on_a_sample_of_people(world, tmp_path):
+    tables = read_tables(world)
+    con = engine.connect()
+    t = ingest.register(con, {n: tables[n] for n in ingest.CDP_TABLES})
+    profiles, _index, res = profile_tables(t, AS_OF, built_ts=0, tags=True)
+    summary = predictive.run(t, res, profiles, AS_OF, tmp_path, HORIZON, max_train_rows=6000)
+    assert 0.3 < summary["people_share"] < 0.8  # 1.5 x 6,000 of the smaller population (~17k OneIDs now)
+    for name in (predictive.FIRST, REPURCHASE):
+        assert 4500 < summary["models"][name]["rows"] < 7500, name
+    assert summary["scored"] == int(profiles.count().to_pyarrow().as_py())  # everyone is still scored
 
 
 @pytest.mark.parametrize("which", ["both", "first_purchase_only"])
