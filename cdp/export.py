@@ -43,6 +43,7 @@ from rta_service.store import CLUSTER_SCHEME
 from . import wire
 
 CHUNK = 20_000  # device entries per write (whole buckets), paced as one by the write rate
+ENCODE_ROWS = 500_000  # profiles encoded at a time
 SCAN_COUNT = 1000
 STATE_FILE = "export_state.json"
 DIGESTS_FILE = "export_digests.parquet"
@@ -180,11 +181,9 @@ class Writer:
 
     def hset(self, ns: str, generation: int, entries: Entries, records: wire.Ragged) -> int:
         """HSET every entry to its person's record (rows of `records`)."""
-        bulk = wire.padded(wire.compact(*wire.resp_bulk(records)))  # each record as a RESP bulk string, once
-
         def body(lo: int, hi: int) -> wire.Ragged:
-            person = entries.person[lo:hi]
-            return wire.compact(entries.field_bulk(lo, hi), wire.Padded(bulk.matrix[person], bulk.keep[person]))
+            values = wire.take(records, entries.person[lo:hi])
+            return wire.compact(entries.field_bulk(lo, hi), *wire.resp_bulk(values))
 
         return self.write(b"HSET", ns, generation, entries.bucket, body, 2)
 
@@ -277,17 +276,25 @@ def delete_generations(client, ns: str, keep: int | None = None, only: int | Non
 
 def _records(profiles: pd.DataFrame, index: pd.DataFrame, unstamped: bool) -> tuple[wire.Ragged, np.ndarray,
                                                                                       wire.Ragged | None]:
-    """(each person's record, the person row of each device entry of `index`, and when `unstamped` each
-    person's record without `updated_ts`). The last is what digests are taken of: `updated_ts` changes
-    every run, and an unchanged record keeps the build time it was first written with."""
+    """(the record of each person who has a device entry, the row of that record for each device entry of
+    `index`, and when `unstamped` those records without `updated_ts`). The last is what digests are taken
+    of: `updated_ts` changes every run, and an unchanged record keeps the build time it was first written
+    with. Profiles without a device ID are not encoded: nothing in Redis would point at them."""
     from .profiles import COLUMNS, score_columns  # noqa: PLC0415 - profiles imports the engine; keep this module light
 
     pos = pc.index_in(pa.array(index["one_id"]), value_set=pa.array(profiles["one_id"]))
     pos = pos.fill_null(-1).to_numpy().astype(np.int64)
     if (pos < 0).any():
         raise ValueError(f"{int((pos < 0).sum())} device IDs point at OneIDs without a profile")
-    head, updated, scores = wire.profile_fields(profiles[list(COLUMNS) + score_columns(profiles.columns)])
-    return wire.compact(*head, updated, *scores), pos, wire.compact(*head, *scores) if unstamped else None
+    used, pos = np.unique(pos, return_inverse=True)  # the profiles with devices, in profile order
+    frame = profiles[list(COLUMNS) + score_columns(profiles.columns)].iloc[used]
+    stamped, bare = [], []
+    for lo in range(0, len(frame), ENCODE_ROWS):  # in blocks: the padded rows of every profile at once took GBs
+        head, updated, scores = wire.profile_fields(frame.iloc[lo:lo + ENCODE_ROWS])
+        stamped.append(wire.compact(*head, updated, *scores))
+        if unstamped:
+            bare.append(wire.compact(*head, *scores))
+    return wire.stack(stamped), pos, wire.stack(bare) if unstamped else None
 
 
 def _load_state(state_dir: Path | None) -> dict | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections.abc import Callable
 
 import ibis
 import ibis.expr.types as ir
@@ -113,20 +114,26 @@ def profile_table(t: dict[str, ir.Table], res: Resolution, index: ir.Table, cuto
 
 
 def profile_tables(tables: dict[str, ir.Table], as_of: dt.date, built_ts: int | None = None,
-                   guardrails: Guardrails = DEFAULT_GUARDRAILS,
-                   tags: bool = False) -> tuple[ir.Table, ir.Table, Resolution]:
+                   guardrails: Guardrails = DEFAULT_GUARDRAILS, tags: bool = False,
+                   stage: Callable[[str, str], None] | None = None) -> tuple[ir.Table, ir.Table, Resolution]:
     """(profiles, device index [id_type, md5, one_id], resolution) as Ibis tables, from data before as_of;
-    with tags=True, resolution.tags holds cdp.tags.tag_table."""
+    with tags=True, resolution.tags holds cdp.tags.tag_table. `stage(name, detail)` is called as each step
+    ends: load (the inputs as of the cutoff into the engine), oneid, profiles, tags."""
+    stage = stage or (lambda _name, _detail: None)
     cutoff = cutoff_ts(as_of)
     t = {name: table.pipe(materialize) for name, table in before(tables, cutoff).items()}
+    stage("load", f"the inputs before {as_of} 00:00 UTC+8")
     res = resolve(t, guardrails)
+    stage("oneid", f"{res.rounds} label-propagation rounds")
     index = device_index(res.identifiers).pipe(materialize)
     built = int(time.time()) if built_ts is None else built_ts
     profiles = profile_table(t, res, index, cutoff, built).pipe(materialize)
+    stage("profiles", "")
     if tags:
         from .tags import tag_table  # noqa: PLC0415 - tags imports this module
 
-        res.tags = tag_table(t, res, profiles, cutoff).pipe(materialize)
+        res.tags = tag_table(t, res, profiles, cutoff)
+        stage("tags", "")
     for table in t.values():
         release(table)
     return profiles, index, res
@@ -143,10 +150,11 @@ def segments_of(frame: pd.DataFrame) -> list[tuple[str, ...]]:
 
 
 def to_frame(profiles: ir.Table) -> pd.DataFrame:
-    """Profiles with COLUMNS (segments as tuples), sorted by one_id (by the engine: faster than pandas)."""
+    """Profiles with COLUMNS (segments as tuples) and any `score_{name}` columns, sorted by one_id (by the
+    engine: faster than pandas)."""
     p = profiles.order_by("one_id").to_pandas()
     p["segments"] = segments_of(p)
-    return p[list(COLUMNS)]
+    return p[list(COLUMNS) + score_columns(p.columns)]
 
 
 def index_frame(index: ir.Table) -> pd.DataFrame:

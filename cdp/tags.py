@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .identity import Resolution, trim
+from .engine import materialize, release
+from .identity import Resolution
 from .profiles import DAY, SEGMENTS, TZ
 
 TZ_OFFSET_S = int(TZ.utcoffset(None).total_seconds())
@@ -58,13 +59,14 @@ def _quintile(t: ir.Table, column: str) -> ir.IntegerValue:
 
 
 def tag_table(t: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutoff: int) -> ir.Table:
-    """One row per OneID of `profiles` with the tags above (t: the inputs as of the cutoff)."""
+    """One row per OneID of `profiles` with the tags above (t: the inputs as of the cutoff), materialised."""
     recs = res.records
     m_one = recs.filter(recs.table == "memberships").select("record_id", "one_id")
     w_one = recs.filter(recs.table == "wecom").select(friendship_id="record_id", one_id="one_id")
     o = t["orders"].join(m_one, "record_id")
     local = o.ts + TZ_OFFSET_S
     o = o.mutate(hour=((local % DAY) // 3600).cast("int64"), weekday=(((local // DAY) + 3) % 7 + 1).cast("int64"))
+    o = o.select("one_id", "store_id", "ts", "category", "channel", "hour", "weekday").pipe(materialize)  # read 5x
     w = t["wecom"].join(w_one, "friendship_id")
     removed = w.removed_ts.fill_null(0)
     active = w.filter((removed == 0) | (removed >= cutoff))
@@ -93,7 +95,7 @@ def tag_table(t: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutof
     places = _store_places(t["stores"], cutoff)
     p = p.left_join(places, p.best_store_id == places.place_store_id)
     count = p.order_count
-    return p.select(
+    out = p.select(
         "one_id", "is_member", "order_count", "monetary_fen", "wecom_friend",
         lifecycle=ibis.cases((count == 0, "0"), (count == 1, "1"), (count == 2, "2"), else_="3+"),
         days_since_last_order=ibis.cases((count > 0, (cutoff - p.last_order_ts) // DAY), else_=ibis.null("int64")),
@@ -106,14 +108,16 @@ def tag_table(t: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutof
         best_store_id="best_store_id", best_store_source="best_store_source",
         best_store_region="region", best_store_city="city",
         new_store_id="new_store_id", new_store_nearby=p.new_store_id.notnull(),
-    )
+    ).pipe(materialize)
+    release(o)
+    return out
 
 
 def _wecom_activity(events: ir.Table, identifiers: ir.Table, cutoff: int) -> ir.Table:
     """[one_id, wecom_chats_30d, last_chat_ts, in_wecom_group] from WeCom interactions, each attached to
     the OneID that holds its external_userid (the `wecom:` identifier); events of an external_userid no
     OneID holds (a junk value, or a friendship not in the inputs) attach to nobody."""
-    e = _keyed(events).join(identifiers, "key")
+    e = _keyed(events).join(_wecom_keys(identifiers), "key")
     chats = e.filter(e.type == "chat").group_by("one_id").agg(
         wecom_chats_30d=(ibis._.ts >= cutoff - CHAT_DAYS * DAY).sum(), last_chat_ts=ibis._.ts.max())
     g = e.filter(e.type.isin(["group_join", "group_leave"]) & e.group_id.notnull())
@@ -126,14 +130,19 @@ def _wecom_activity(events: ir.Table, identifiers: ir.Table, cutoff: int) -> ir.
         last_chat_ts="last_chat_ts", in_wecom_group="in_wecom_group")
 
 
+def _wecom_keys(identifiers: ir.Table) -> ir.Table:
+    """The `wecom:` identifiers: about a tenth of them, the only ones events can match."""
+    return identifiers.filter(identifiers.key.startswith("wecom:"))
+
+
 def _keyed(events: ir.Table) -> ir.Table:
-    return events.mutate(key="wecom:" + trim(events.external_userid))
+    return events.mutate(key="wecom:" + events.external_userid)
 
 
 def unattached_events(events: ir.Table, identifiers: ir.Table, cutoff: int) -> int:
     """WeCom interactions before the cutoff whose external_userid no OneID holds: reported, not silently lost."""
     before = _keyed(events.filter(events.ts < cutoff))
-    return int(before.join(identifiers, "key", how="anti").count().to_pyarrow().as_py())
+    return int(before.join(_wecom_keys(identifiers), "key", how="anti").count().to_pyarrow().as_py())
 
 
 def _store_places(stores: ir.Table, cutoff: int) -> ir.Table:

@@ -68,9 +68,21 @@ def compact(*parts: Padded) -> Ragged:
 
 
 def take(column: Ragged, rows: np.ndarray) -> Ragged:
-    """Rows of `column` in the order given (repeats allowed)."""
-    p = padded(column)
-    return compact(Padded(p.matrix[rows], p.keep[rows]))
+    """Rows of `column` in the order given (repeats allowed), gathered byte by byte: no padded copy of the
+    whole column."""
+    rows = np.asarray(rows, dtype=np.int64)
+    lengths = column.lengths[rows]
+    starts = column.offsets[:-1][rows]
+    out_start = np.cumsum(lengths) - lengths  # where each row begins in the result
+    index = np.repeat(starts - out_start, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+    return Ragged(column.flat[index], lengths)
+
+
+def stack(columns: list[Ragged]) -> Ragged:
+    """The rows of each column, one column after the other."""
+    if not columns:
+        return Ragged(np.zeros(0, np.uint8), np.zeros(0, np.int64))
+    return Ragged(np.concatenate([c.flat for c in columns]), np.concatenate([c.lengths for c in columns]))
 
 
 def fixed(matrix: np.ndarray) -> Padded:
