@@ -1,13 +1,16 @@
 """`rta cdp`: read the private-domain tables, resolve OneIDs, build profiles as of a date, publish them to Redis.
 
-Stages (each printed with its wall time when `progress` is given): ingest -> oneid+profiles -> predictive
-(cdp/predictive.py, unless predictive.enabled is false) -> tags -> collect -> export.
+Stages, each printed with its wall time and the process's peak memory when `progress` is given: ingest
+(cdp/validate.py) -> load (the inputs as of the cutoff into the engine) -> oneid (cdp/identity.py) ->
+profiles -> tags -> [changes against state_dir] -> predictive (cdp/predictive.py, unless predictive.enabled
+is false) -> segments (YAML, tags.parquet) -> collect (frames for the exporter) -> export (cdp/export.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,7 @@ import pandas as pd
 
 from . import engine, ingest, predictive, validate
 from .config import CdpConfig
+from .engine import release
 from .export import connect, export
 from .identity import Guardrails, change_log, changes
 from .ingest import CDP_TABLES
@@ -50,31 +54,68 @@ def world_as_of(input_dir: Path, as_of: dt.date | None = None) -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 elsewhere). DuckDB runs in-process, so it counts;
+    Spark's JVM is another process and does not."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class Stages:
-    """Wall time per stage, reported through `progress` as each one ends."""
+    """Wall time and peak resident memory per stage, reported through `progress` as each one ends (memory
+    sampled every 50 ms by a background thread until `close()`)."""
+
+    SAMPLE_S = 0.05
 
     def __init__(self, progress: Callable[[str], None] | None = None):
         self.seconds: dict[str, float] = {}
+        self.peak_rss_mib: dict[str, int] = {}
         self._progress = progress or (lambda _msg: None)
         self._t = time.perf_counter()
+        self._peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._sampler.start()
         self.ingest: dict = {}
         self.oneid_changes: dict | None = None
         self.tags: dict = {}
         self.predictive: dict = {}
 
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE_S):
+            self._peak = max(self._peak, _rss_bytes())
+
     def done(self, stage: str, detail: str = "") -> None:
         now = time.perf_counter()
+        peak, self._peak = max(self._peak, _rss_bytes()), _rss_bytes()
         self.seconds[stage] = round(now - self._t, 3)
+        self.peak_rss_mib[stage] = round(peak / 2**20)
         self._t = now
-        self._progress(f"[cdp] {stage:<9} {self.seconds[stage]:7.2f}s  {detail}".rstrip())
+        line = f"[cdp] {stage:<10} {self.seconds[stage]:7.2f}s  {peak / 2**30:5.2f} GiB peak  {detail}"
+        self._progress(line.rstrip())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sampler.join()
 
 
 def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_ts: int | None = None,
-          save_state: bool = True):
+          save_state: bool = True, stages: Stages | None = None):
     """(con, stages, profiles, index, resolution, as_of): everything up to, not including, the export.
     With `save_state` False (reports), OneID changes are counted against `state_dir` but nothing is written
     there, so the next run still compares with the last run."""
-    stages = Stages(progress)
+    if stages is None:  # this call's own: the memory sampler stops when it returns
+        stages = Stages(progress)
+        try:
+            return build(cfg, progress, built_ts, save_state, stages)
+        finally:
+            stages.close()
     as_of = world_as_of(cfg.input, cfg.as_of)
     work = Path(cfg.work_dir or engine.scratch_dir("rta-cdp-work-"))
     checked = validate.validate(cfg.input, work, cfg.phone_salt, tables=CDP_TABLES)
@@ -88,27 +129,30 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     con = engine.connect(cfg.engine, **cfg.engine_options)
     tables = ingest.read_parquet(con, work)
     guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()))
-    profiles, index, res = profile_tables(tables, as_of, built_ts, guardrails, tags=True)
-    moved = _compare_with_last_run(con, cfg.state_dir, res, save_state) if cfg.state_dir else None
-    stages.done("oneid+profiles", f"as of {as_of}, {res.rounds} label-propagation rounds"
-                + (f"; OneIDs vs last run: {moved}" if moved else ""))
-    stages.oneid_changes = moved
+    profiles, index, res = profile_tables(tables, as_of, built_ts, guardrails, tags=True, stage=stages.done)
+    if cfg.state_dir:
+        stages.oneid_changes = _compare_with_last_run(con, cfg.state_dir, res, save_state)
+        stages.done("changes", f"OneIDs vs last run: {stages.oneid_changes}" if stages.oneid_changes
+                    else f"no earlier run in {cfg.state_dir}")
+    base_tags = res.tags  # materialised by profile_tables; released once written to tags.parquet
     if cfg.predictive.enabled:
         stages.predictive, res.tags = predictive.stage(cfg.predictive, tables, res, profiles, as_of, work,
                                                        guardrails, progress)
         stages.done("predictive", predictive.headline(stages.predictive))
     segments = load_segments(cfg.segments_file) if cfg.segments_file else {}
-    tagged = apply_segments(res.tags, segments)
-    tagged.to_parquet(work / "tags.parquet")
-    res.tags = tagged  # with a segment_{name} flag per YAML segment, which the export carries
+    apply_segments(res.tags, segments).to_parquet(work / "tags.parquet")
+    # From here on the tags (with scores and a segment_{name} flag per YAML segment, which the export carries)
+    # are read from their file, and the engine's copy is freed for the stages after.
+    tagged = res.tags = con.read_parquet(str(work / "tags.parquet"))
+    release(base_tags)
     stages.tags = {"lifecycle": _distribution(tagged, "lifecycle"), "segments": tag_segment_sizes(tagged),
                    "best_store_source": _distribution(tagged, "best_store_source"),
                    "wecom_events_unattached": unattached_events(tables["wecom_interactions"], res.identifiers,
                                                                 cutoff_ts(as_of)),
                    "file": str(work / "tags.parquet")}
-    stages.done("tags", f"lifecycle {stages.tags['lifecycle']}; best store from {stages.tags['best_store_source']}; "
-                f"WeCom events of no known person {stages.tags['wecom_events_unattached']:,}; "
-                f"segments {stages.tags['segments']}")
+    stages.done("segments", f"lifecycle {stages.tags['lifecycle']}; best store from "
+                f"{stages.tags['best_store_source']}; WeCom events of no known person "
+                f"{stages.tags['wecom_events_unattached']:,}; segments {stages.tags['segments']}")
     stages.ingest = checked
     return con, stages, profiles, index, res, as_of
 
@@ -148,14 +192,22 @@ def _compare_with_last_run(con, state_dir: Path, res, save: bool = True) -> dict
     return moved
 
 
-def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
-    """Build profiles as configured and export them as a new generation; returns a summary."""
-    con, stages, profile_t, index_t, res, as_of = build(cfg, progress)
-    profiles = predictive.attach(with_segments(to_frame(profile_t), res.tags), stages.predictive)
+def collect(stages: Stages, profile_t, index_t, res) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(profiles with their scores and YAML segments, device index, counts) as frames for the exporter. The
+    engine's tables of the run are released once read, so the export has their memory."""
+    facts = {"records": int(res.records.count().to_pyarrow().as_py()), "segments": segment_sizes(profile_t)}
+    res.release()
+    profiles = with_segments(to_frame(predictive.with_scores(profile_t, stages.predictive)), res.tags)
     index = index_frame(index_t)
-    n_records = res.records.count().to_pyarrow().as_py()
-    segments = segment_sizes(profile_t)
+    for done in (profile_t, index_t):
+        release(done)
     stages.done("collect", f"{len(profiles):,} profiles, {len(index):,} device IDs")
+    return profiles, index, facts
+
+
+def publish(cfg: CdpConfig, stages: Stages, profiles: pd.DataFrame, index: pd.DataFrame,
+            progress: Callable[[str], None] | None = None) -> dict:
+    """The export stage: profiles to cfg.redis_url as configured (cdp.export)."""
     client = connect(cfg.redis_url)
     try:
         exported = export(client, profiles, index, ns=cfg.namespace, grace_s=cfg.grace_s, mode=cfg.export_mode,
@@ -163,22 +215,35 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
     finally:
         client.close()
     stages.done("export", _export_line(exported))
+    return exported
+
+
+def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Build profiles as configured and export them as a new generation; returns a summary."""
+    stages = Stages(progress)
+    try:
+        con, stages, profile_t, index_t, res, as_of = build(cfg, progress, stages=stages)
+        profiles, index, facts = collect(stages, profile_t, index_t, res)
+        exported = publish(cfg, stages, profiles, index, progress)
+    finally:
+        stages.close()
     return {
         "as_of": as_of.isoformat(),
         "cutoff_ts": cutoff_ts(as_of),
         "namespace": cfg.namespace,
         "engine": cfg.engine,
-        "records": n_records,
+        "records": facts["records"],
         "oneid_rounds": res.rounds,
         "profiles": len(profiles),
         "members": int(profiles["is_member"].sum()),
         "profiles_with_devices": int((profiles["device_count"] > 0).sum()),
-        "segments": segments,
+        "segments": facts["segments"],
         "ingest": stages.ingest,
         "oneid_changes": stages.oneid_changes,
         "tags": stages.tags,
         "predictive": stages.predictive,
         "stage_seconds": stages.seconds,
+        "stage_peak_rss_mib": stages.peak_rss_mib,
         "export": exported,
     }
 
