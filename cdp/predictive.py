@@ -1,9 +1,11 @@
 """Predictive tags: the probability of a first purchase (non-buyers) and of a repurchase within N days
 (buyers), from two LightGBM models trained on a time split.
 
-    T0 = as_of - N days. Features of every OneID as of T0 come from the same profile and tag expressions
+    T0 = as_of - N days. Features of the OneIDs as of T0 come from the same profile and tag expressions
     the pipeline builds as of as_of (cdp.profiles.profile_tables with as_of=T0: the inputs before T0,
-    resolved into OneIDs as they were at T0), so nothing after T0 reaches a feature. The label of a
+    resolved into OneIDs as they were at T0), so nothing after T0 reaches a feature. At scale only a
+    sample of whole people goes through that pass (sample_people, people_share): as many as training
+    needs. The label of a
     T0 OneID is whether the person (its records' OneIDs as of as_of) placed an order in
     [T0 00:00, T0 + N days 00:00) (UTC+8), which lies wholly before as_of: every label is observed.
 
@@ -18,7 +20,7 @@
 Feature extraction is Ibis (DuckDB or Spark); training and scoring run in this process on the collected
 features (pandas + LightGBM): the training set is sampled in the engine to at most max_train_rows
 OneIDs per population (by OneID hash, so both engines pick the same ones), and scoring reads the
-features in parts by OneID hash, so memory holds one part's features at a time.
+features in batches (`batches`), so memory holds one batch's features at a time.
 With fewer than min_positives positives a model is not trained and its score is not produced.
 """
 
