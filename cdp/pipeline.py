@@ -168,9 +168,14 @@ def _distribution(t, column: str) -> dict[str, int]:
 CHANGES_DIR = "oneid_changes"  # one Parquet file of merges and splits per run, named by its start time
 
 
+PENDING = ".pending"  # this run's state files, renamed into place once its export has succeeded
+
+
 def _compare_with_last_run(con, state_dir: Path, res, save: bool = True) -> dict | None:
-    """Merges and splits against the map saved by the last run in state_dir (counted, and with `save`
-    each one written to `{state_dir}/oneid_changes/{time}.parquet` and this run's map saved)."""
+    """Merges and splits against the map saved by the last published run in state_dir (counted, and with
+    `save` each one written to `{state_dir}/oneid_changes/{time}.parquet` and this run's map saved, both as
+    pending files that `commit_state` puts in place after the export: a run whose export fails leaves the
+    state as it was)."""
     state_dir = Path(state_dir)
     path = state_dir / IDENTIFIERS_FILE
     moved = None
@@ -179,17 +184,26 @@ def _compare_with_last_run(con, state_dir: Path, res, save: bool = True) -> dict
         moved = changes(previous, res.identifiers)
     if not save:
         return moved
+    for stale in state_dir.rglob(f"*{PENDING}"):  # left by a run whose export failed
+        stale.unlink()
     if moved is not None:
         log_dir = state_dir / CHANGES_DIR
         log_dir.mkdir(parents=True, exist_ok=True)
         moved["log"] = str(log_dir / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.parquet")
         change_log(previous, res.identifiers).to_pandas().sort_values(
-            ["change", "old_one_id", "new_one_id"], ignore_index=True).to_parquet(moved["log"], index=False)
+            ["change", "old_one_id", "new_one_id"], ignore_index=True).to_parquet(moved["log"] + PENDING,
+                                                                                 index=False)
     state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / (IDENTIFIERS_FILE + ".tmp")
-    res.identifiers.to_parquet(tmp)
-    tmp.replace(path)  # read before this point: the comparison above has been computed already
+    res.identifiers.to_parquet(state_dir / (IDENTIFIERS_FILE + PENDING))
     return moved
+
+
+def commit_state(state_dir: Path | None) -> None:
+    """Put the pending OneID state of this run in place (after its export succeeded)."""
+    if state_dir is None:
+        return
+    for pending in sorted(Path(state_dir).rglob(f"*{PENDING}")):
+        pending.replace(pending.with_name(pending.name.removesuffix(PENDING)))
 
 
 def collect(stages: Stages, profile_t, index_t, res) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -225,6 +239,7 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
         con, stages, profile_t, index_t, res, as_of = build(cfg, progress, stages=stages)
         profiles, index, facts = collect(stages, profile_t, index_t, res)
         exported = publish(cfg, stages, profiles, index, progress)
+        commit_state(cfg.state_dir)
     finally:
         stages.close()
     return {

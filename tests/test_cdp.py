@@ -22,6 +22,7 @@ from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
 from cdp.schema import OPTIONAL_COLUMNS, SCHEMAS
 from rta.v1 import decision_pb2 as pb
 from rta_service import cli, keyspace
+from rta_service.embedded_redis import free_port
 from rta_service.ids import hash_raw
 from rta_service.settings import SettingsError
 from simulate.world import simulate
@@ -377,6 +378,13 @@ def test_a_run_with_state_dir_writes_its_merges_and_splits_and_a_report_only_rea
     logs = list((state / "oneid_changes").glob("*.parquet"))
     assert len(logs) == 1
     assert list(pd.read_parquet(logs[0]).columns) == ["change", "old_one_id", "new_one_id"]
+    # a run whose export fails leaves the state as the last published run wrote it
+    saved = (state / "identifiers.parquet").read_bytes()
+    down = load_config(config, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(redis.ConnectionError):
+        run_config(down)
+    assert (state / "identifiers.parquet").read_bytes() == saved
+    assert list((state / "oneid_changes").glob("*.parquet")) == logs
 
 
 # --- tags and segments ----------------------------------------------------------------------------------------
