@@ -62,14 +62,24 @@ def device_index(identifiers: ir.Table) -> ir.Table:
     return dev.select(id_type=id_type.cast("int8"), md5=dev.key.substr(6), one_id="one_id")
 
 
-def profile_table(t: dict[str, ir.Table], res: Resolution, index: ir.Table, cutoff: int, built_ts: int) -> ir.Table:
-    """One row per OneID: the COLUMNS except `segments`, plus a boolean column per FLAGS."""
+ONE_ID_TABLES = ("memberships", "wecom", "orders")  # the inputs with_one_ids gives a one_id column
+
+
+def with_one_ids(t: dict[str, ir.Table], res: Resolution) -> dict[str, ir.Table]:
+    """t with each row's OneID on memberships, wecom and orders, joined once and materialised: profiles and
+    tags read them a dozen times. Release the three (ONE_ID_TABLES) when done."""
     recs = res.records
     m_one = recs.filter(recs.table == "memberships").select("record_id", "one_id")
     w_one = recs.filter(recs.table == "wecom").select(friendship_id="record_id", one_id="one_id")
-    m = t["memberships"].join(m_one, "record_id").pipe(materialize)
-    w = t["wecom"].join(w_one, "friendship_id").pipe(materialize)
-    o = t["orders"].join(m_one, "record_id").pipe(materialize)
+    return {**t, "memberships": t["memberships"].join(m_one, "record_id").pipe(materialize),
+            "wecom": t["wecom"].join(w_one, "friendship_id").pipe(materialize),
+            "orders": t["orders"].join(m_one, "record_id").pipe(materialize)}
+
+
+def profile_table(t: dict[str, ir.Table], res: Resolution, index: ir.Table, cutoff: int, built_ts: int) -> ir.Table:
+    """One row per OneID: the COLUMNS except `segments`, plus a boolean column per FLAGS (t: with_one_ids)."""
+    recs = res.records
+    m, w, o = (t[name] for name in ONE_ID_TABLES)
     base = recs.select("one_id").distinct()
     member = m.group_by("one_id").agg(is_member=m.is_member.any())
     orders = o.group_by("one_id").agg(order_count=o.count(), last_order_ts=o.ts.max(),
@@ -99,8 +109,6 @@ def profile_table(t: dict[str, ir.Table], res: Resolution, index: ir.Table, cuto
         device_count=p.device_count.fill_null(0).cast("int64"),
         updated_ts=ibis.literal(built_ts, type="int64"),
     ).pipe(materialize)
-    for done in (m, w, o):
-        release(done)
     buyer = p.order_count > 0
     days = (cutoff - p.last_order_ts) / DAY
     vip_floor = p.filter(buyer).monetary_fen.quantile(VIP_QUANTILE).as_scalar()
@@ -127,14 +135,15 @@ def profile_tables(tables: dict[str, ir.Table], as_of: dt.date, built_ts: int | 
     stage("oneid", f"{res.rounds} label-propagation rounds")
     index = device_index(res.identifiers).pipe(materialize)
     built = int(time.time()) if built_ts is None else built_ts
-    profiles = profile_table(t, res, index, cutoff, built).pipe(materialize)
+    joined = with_one_ids(t, res)
+    profiles = profile_table(joined, res, index, cutoff, built).pipe(materialize)
     stage("profiles", "")
     if tags:
         from .tags import tag_table  # noqa: PLC0415 - tags imports this module
 
-        res.tags = tag_table(t, res, profiles, cutoff)
+        res.tags = tag_table(joined, res, profiles, cutoff)
         stage("tags", "")
-    for table in t.values():
+    for table in (*t.values(), *(joined[name] for name in ONE_ID_TABLES)):
         release(table)
     return profiles, index, res
 
@@ -149,17 +158,18 @@ def segments_of(frame: pd.DataFrame) -> list[tuple[str, ...]]:
     return list(tuples[codes])
 
 
-def to_frame(profiles: ir.Table) -> pd.DataFrame:
+def to_frame(profiles: ir.Table, ordered: bool = True) -> pd.DataFrame:
     """Profiles with COLUMNS (segments as tuples) and any `score_{name}` columns, sorted by one_id (by the
-    engine: faster than pandas)."""
-    p = profiles.order_by("one_id").to_pandas()
+    engine: faster than pandas) unless not `ordered`."""
+    p = (profiles.order_by("one_id") if ordered else profiles).to_pandas()
     p["segments"] = segments_of(p)
     return p[list(COLUMNS) + score_columns(p.columns)]
 
 
-def index_frame(index: ir.Table) -> pd.DataFrame:
-    i = index.order_by(["one_id", "id_type", "md5"]).to_pandas().astype({"id_type": np.int8})
-    return i.reset_index(drop=True)
+def index_frame(index: ir.Table, ordered: bool = True) -> pd.DataFrame:
+    """The device index [id_type, md5, one_id], sorted by one_id, id_type, md5 unless not `ordered`."""
+    i = (index.order_by(["one_id", "id_type", "md5"]) if ordered else index).to_pandas()
+    return i.astype({"id_type": np.int8}).reset_index(drop=True)
 
 
 def build_profiles(tables: dict[str, pd.DataFrame], as_of: dt.date, built_ts: int | None = None,

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .engine import materialize, release
+from .engine import materialize
 from .identity import Resolution
 from .profiles import DAY, SEGMENTS, TZ
 
@@ -59,15 +59,12 @@ def _quintile(t: ir.Table, column: str) -> ir.IntegerValue:
 
 
 def tag_table(t: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutoff: int) -> ir.Table:
-    """One row per OneID of `profiles` with the tags above (t: the inputs as of the cutoff), materialised."""
-    recs = res.records
-    m_one = recs.filter(recs.table == "memberships").select("record_id", "one_id")
-    w_one = recs.filter(recs.table == "wecom").select(friendship_id="record_id", one_id="one_id")
-    o = t["orders"].join(m_one, "record_id")
+    """One row per OneID of `profiles` with the tags above, materialised (t: the inputs as of the cutoff,
+    with OneIDs: cdp.profiles.with_one_ids)."""
+    o = t["orders"]
     local = o.ts + TZ_OFFSET_S
     o = o.mutate(hour=((local % DAY) // 3600).cast("int64"), weekday=(((local // DAY) + 3) % 7 + 1).cast("int64"))
-    o = o.select("one_id", "store_id", "ts", "category", "channel", "hour", "weekday").pipe(materialize)  # read 5x
-    w = t["wecom"].join(w_one, "friendship_id")
+    w = t["wecom"]
     removed = w.removed_ts.fill_null(0)
     active = w.filter((removed == 0) | (removed >= cutoff))
     latest = ibis.row_number().over(group_by="one_id", order_by=[ibis.desc("added_ts"), "friendship_id"])
@@ -75,7 +72,7 @@ def tag_table(t: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutof
     stores = o.filter(o.store_id.notnull()).group_by(["one_id", "store_id"]).agg(n=ibis._.count(), last=o.ts.max())
     best = ibis.row_number().over(group_by="one_id", order_by=[ibis.desc("n"), ibis.desc("last"), "store_id"])
     stores = stores.mutate(r=best).filter(ibis._.r == 0).select("one_id", order_store_id="store_id")
-    m = t["memberships"].join(m_one, "record_id")
+    m = t["memberships"]
     m = m.filter(m.store_id.notnull() & (m.channel == "store"))
     latest_m = ibis.row_number().over(group_by="one_id", order_by=[ibis.desc("created_ts"), "record_id"])
     registered = m.mutate(r=latest_m).filter(ibis._.r == 0).select("one_id", registration_store_id="store_id")
@@ -109,7 +106,6 @@ def tag_table(t: dict[str, ir.Table], res: Resolution, profiles: ir.Table, cutof
         best_store_region="region", best_store_city="city",
         new_store_id="new_store_id", new_store_nearby=p.new_store_id.notnull(),
     ).pipe(materialize)
-    release(o)
     return out
 
 
