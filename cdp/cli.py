@@ -41,7 +41,10 @@ def add_parser(sub) -> None:
     conv.add_argument("--since", type=dt.date.fromisoformat, required=True, help="first day of events (UTC+8)")
     conv.add_argument("--out", type=Path, required=True, help="Parquet file to write")
     conv.set_defaults(func=_conversions)
-    bench = cdp_sub.add_parser("bench", help="the CDP at scale: time and memory per stage, Splink and redis-cli ratios")
+    bench = cdp_sub.add_parser("bench", help="the CDP at scale: time and memory per stage, Splink and redis-cli ratios",
+                               description="Simulates a world of --people (seed 7, as of 2025-06-01; reused from "
+                               "--workdir), runs rta cdp run on it into a throw-away redis-server and prints each "
+                               "stage's time and peak memory, and the Splink and redis-cli --pipe baselines.")
     bench.add_argument("--people", type=int, default=100_000)
     bench.add_argument("--engine", choices=["duckdb", "pyspark"], default="duckdb")
     bench.add_argument("--memory-limit", help="DuckDB memory_limit, e.g. 8GB (default: DuckDB's, 80%% of RAM)")

@@ -326,7 +326,8 @@ def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta",
     state_dir = Path(state_dir) if state_dir else None
     started = time.perf_counter()
     nodes = _nodes(client)
-    live = keyspace.parse_pointer(client.get(keyspace.generation_key(ns)))
+    pointer = client.get(keyspace.generation_key(ns))
+    live = keyspace.parse_pointer(pointer)
     records, person, unstamped = _records(profiles, index, unstamped=state_dir is not None)
     digest = wire.digests(unstamped)[person] if unstamped is not None else None
     summary = {"profiles": len(profiles), "previous_generation": live.generation}
@@ -368,7 +369,7 @@ def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta",
                                 "bucket_bits": entries.bucket_bits, "complete": True},
                     pd.DataFrame({"id_type": index["id_type"].to_numpy(), "md5": index["md5"].to_numpy(),
                                   "digest": digest}))
-    if grace_s > 0:
+    if grace_s > 0 and pointer is not None:  # without a pointer before, no reader can be on an old generation
         sleep(grace_s)
     deleted = delete_generations(client, ns, keep=generation)
     memory_after = _used_memory(nodes)

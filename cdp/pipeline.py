@@ -269,7 +269,8 @@ def _export_line(e: dict) -> str:
         return (f"incremental into generation {e['generation']}: {e['keys_written']:,} device entries written, "
                 f"{e['keys_deleted']:,} deleted, {e['unchanged']:,} unchanged")
     return (f"generation {e['generation']}, {e['keys_written']:,} device entries in {e['buckets']:,} buckets, "
-            f"{e['bytes_per_key']:.0f} bytes of Redis memory per device ID, encodings {e['encodings']}")
+            f"{e['bytes_per_key']:.0f} bytes of Redis memory per device ID, OBJECT ENCODING of "
+            f"{sum(e['encodings'].values())} sampled buckets {e['encodings']}")
 
 
 def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date | None = None,
@@ -290,5 +291,5 @@ def report(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dic
     out["tags"] = stages.tags
     out["predictive"] = stages.predictive
     stages.done("report")
-    out["stage_seconds"] = stages.seconds
+    out["stage_seconds"], out["stage_peak_rss_mib"] = stages.seconds, stages.peak_rss_mib
     return out

@@ -171,21 +171,21 @@ def _validate_table(table: str, path: Path | None, work_dir: Path, phone_salt: s
         rejects, warnings = csv.writer(rejects_file), csv.writer(warnings_file)
         for batch in batches:
             bad = np.zeros(batch.num_rows, dtype=bool)
-            columns = []
+            columns, rejected = [], []  # rejected: (row in the batch, field, reason), written in row order
             for name in schema.names:
                 col, problems = _check_column(table, name, _column(batch, name), phone_salt)
                 columns.append(col)
                 for mask, reason in problems:
-                    for row in np.flatnonzero(mask & ~bad):
-                        rejects.writerow([str(path), seen + int(row) + 1, name, reason])
+                    rejected.extend((int(row), name, reason) for row in np.flatnonzero(mask & ~bad))
                     bad |= mask
             if table == "stores":  # a store master is small: the ids seen so far fit in a set
                 for row, store_id in enumerate(columns[schema.get_field_index("store_id")].to_pylist()):
                     if not bad[row] and store_id in store_seen:
-                        rejects.writerow([str(path), seen + row + 1, "store_id", "duplicate store_id"])
+                        rejected.append((row, "store_id", "duplicate store_id"))
                         bad[row] = True
                     elif not bad[row]:
                         store_seen.add(store_id)
+            rejects.writerows([str(path), seen + row + 1, name, reason] for row, name, reason in sorted(rejected))
             good = pa.RecordBatch.from_arrays(columns, schema=schema)
             if check_store:
                 store = good.column(schema.get_field_index("store_id"))

@@ -248,7 +248,9 @@ def test_generation_switch_is_one_set_then_old_keys_go(redis_url):
                           orders=[("a", "app", 10, 500)])
     profiles, index = build_profiles(tables, AS_OF)
     client = redis.Redis.from_url(redis_url)
-    first = export(client, profiles, index, ns="rta")
+    slept = []
+    first = export(client, profiles, index, ns="rta", grace_s=5, sleep=slept.append)
+    assert not slept  # the first export: nobody can be reading an older generation, so no grace to wait
     assert first["generation"] == 1 and first["keys_written"] == 2 and client.get("rta:gen") == b"1:0"
     stale = keyspace.bucket_key("rta", 2, 0)  # left by a crashed run of generation 2
     client.hset(stale, b"junk", b"junk")

@@ -52,6 +52,9 @@ def test_bad_rows_are_rejected_with_file_row_field_and_reason(world, tmp_path):
     }
     for table, c in out["tables"].items():
         assert c["in"] == c["out"] + c["rejected"], table
+    # rows of a table in file order, whichever field failed (fields are checked one column at a time)
+    listed = [(r["file"], int(r["row"])) for r in rejects(out["rejects_file"]) if r["file"].endswith("memberships.csv")]
+    assert listed == sorted(listed)
     assert out["tables"]["memberships"] == {"in": 6, "out": 1, "rejected": 5}
     assert out["tables"]["wecom"] == {"in": 0, "out": 0, "rejected": 0}
     assert "13812345678" not in (tmp_path / "work" / "rejects.csv").read_text()  # no personal data copied
