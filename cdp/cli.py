@@ -15,6 +15,8 @@ def _common(p: argparse.ArgumentParser, legacy: bool = False) -> None:
     p.add_argument("--input", type=Path, help="directory of input Parquet tables")
     p.add_argument("--engine", choices=["duckdb", "pyspark"])
     p.add_argument("--as-of", type=dt.date.fromisoformat)
+    p.add_argument("--state-dir", type=Path, help="keeps the last run's OneID map and export digests (state_dir)")
+    p.add_argument("--work-dir", type=Path, help="keep validated tables, rejects.csv and tags.parquet here")
     if legacy or p.prog.endswith("run"):
         p.add_argument("--redis-url", default=os.environ.get("RTA_REDIS_URL"))
         p.add_argument("--namespace", default=os.environ.get("RTA_REDIS_NAMESPACE"))
@@ -57,8 +59,8 @@ def add_parser(sub) -> None:
 def _config(opts):
     from .config import load_config  # noqa: PLC0415
 
-    overrides = {k: getattr(opts, k, None) for k in ("input", "engine", "as_of", "redis_url", "namespace", "grace_s",
-                                                    "export_mode", "write_rate")}
+    overrides = {k: getattr(opts, k, None) for k in ("input", "engine", "as_of", "state_dir", "work_dir", "redis_url",
+                                                    "namespace", "grace_s", "export_mode", "write_rate")}
     if opts.config is None and overrides["input"] is None:
         raise ValueError("give --config FILE or --input DIR")
     return load_config(opts.config, **overrides)

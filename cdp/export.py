@@ -337,7 +337,7 @@ def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta",
         why_full = _why_not_incremental(state, ns, live, state_dir)
         if why_full is None:
             summary.update(_incremental(client, nodes, ns, live, index, records, person, digest, state_dir, state,
-                                        Pacer(write_rate, clock, sleep), say))
+                                        Pacer(write_rate, clock, sleep)))
             summary["seconds"] = round(time.perf_counter() - started, 3)
             return summary
         say(f"[export] full export instead of incremental: {why_full}")
@@ -411,7 +411,7 @@ def _why_not_incremental(state: dict | None, ns: str, live: keyspace.Live, state
     return None
 
 
-def _incremental(client, nodes, ns, live, index, records, person, digest, state_dir, state, pacer, say) -> dict:
+def _incremental(client, nodes, ns, live, index, records, person, digest, state_dir, state, pacer) -> dict:
     previous = pd.read_parquet(state_dir / DIGESTS_FILE)
     current = pd.DataFrame({"id_type": index["id_type"].to_numpy(), "md5": index["md5"].to_numpy(),
                             "digest": digest})
@@ -444,8 +444,6 @@ def _incremental(client, nodes, ns, live, index, records, person, digest, state_
     write_seconds = time.perf_counter() - t
     _save_state(state_dir, {**state, "complete": True}, current)
     unchanged = len(index) - written
-    say(f"[export] incremental into generation {live.generation}: {written:,} entries written "
-        f"({new:,} new, {changed:,} changed), {deleted:,} deleted, {unchanged:,} unchanged")
     return {"mode": "incremental", "generation": live.generation, "bucket_bits": live.bucket_bits,
             "keys_written": written, "new": new, "changed": changed, "keys_deleted": deleted,
             "unchanged": unchanged, "used_memory_before": memory_before, "used_memory_after": _used_memory(nodes),

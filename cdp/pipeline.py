@@ -266,8 +266,9 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
 
 def _export_line(e: dict) -> str:
     if e["mode"] == "incremental":
-        return (f"incremental into generation {e['generation']}: {e['keys_written']:,} device entries written, "
-                f"{e['keys_deleted']:,} deleted, {e['unchanged']:,} unchanged")
+        return (f"incremental into generation {e['generation']}: {e['keys_written']:,} device entries written "
+                f"({e['new']:,} new, {e['changed']:,} changed), {e['keys_deleted']:,} deleted, "
+                f"{e['unchanged']:,} unchanged")
     return (f"generation {e['generation']}, {e['keys_written']:,} device entries in {e['buckets']:,} buckets, "
             f"{e['bytes_per_key']:.0f} bytes of Redis memory per device ID, OBJECT ENCODING of "
             f"{sum(e['encodings'].values())} sampled buckets {e['encodings']}")
