@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from rta_service.settings import SettingsError, format_errors
+from rta_service.settings import SettingsError
 
+from . import tags
 from .identity import DEFAULT_CAPS
 
 IdentifierKind = Literal["phone", "unionid", "member", "wecom", "buyer", "openid", "dev"]
@@ -42,12 +44,14 @@ class CdpConfig(BaseModel):
     phone_salt: str | None = None  # when set, raw phone numbers are salted and hashed; else such rows are rejected
     work_dir: Path | None = None  # validated tables, rejects.csv, tags.parquet; default: a temp dir removed at exit
     state_dir: Path | None = None  # keeps the last run's identifier -> OneID map to report merges and splits
-    segments_file: Path | None = None  # YAML segments over tags (cdp/tags.py); sizes reported per run
     max_cluster_size: Annotated[int, Field(ge=2)] = 200  # records in one OneID; past it the run fails
     # most distinct values of an identifier kind one person may hold; the excess stop linking (docs/cdp.md)
     identifier_caps: dict[IdentifierKind, Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: dict(DEFAULT_CAPS))
     predictive: PredictiveConfig = Field(default_factory=PredictiveConfig)  # predictive tags (cdp/predictive.py)
+    # YAML segments over tags (cdp/tags.py), checked here against the tags' types; after `predictive`, whose
+    # score tags they may use
+    segments_file: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "rta"
     grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # before deleting the old generation
@@ -55,11 +59,32 @@ class CdpConfig(BaseModel):
     export_mode: Literal["full", "incremental"] = "full"
     write_rate: Annotated[float, Field(ge=0)] = 0  # device entries written per second; 0 = as fast as Redis takes them
 
+    @field_validator("segments_file")
+    @classmethod
+    def _segments(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None:
+            problems = tags.segment_problems(path, _tag_types(info.data.get("predictive")))[1]
+            if problems:  # one line each, naming the file, segment and condition
+                raise PydanticCustomError("segments", "{problems}", {"problems": "\n".join(problems)})
+        return path
+
+    def segments(self) -> dict[str, list]:
+        """The segments file's segments ({} without one), checked against the tags this run makes."""
+        return tags.load_segments(self.segments_file, _tag_types(self.predictive)) if self.segments_file else {}
+
     @model_validator(mode="after")
     def _incremental_needs_state(self) -> CdpConfig:
         if self.export_mode == "incremental" and self.state_dir is None:
             raise ValueError("export_mode incremental needs state_dir (where the last export's digests are kept)")
         return self
+
+
+def _tag_types(predictive: PredictiveConfig | None) -> dict:
+    """The tags segments may use: with predictive on, its two score tags too. When `predictive` itself is
+    invalid (None), score tags of any horizon are accepted, so that only its own error is reported."""
+    if predictive is None:
+        return tags.tag_types(None)
+    return tags.tag_types(tags.score_tags(predictive.horizon_days) if predictive.enabled else ())
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> CdpConfig:
@@ -77,3 +102,16 @@ def load_config(path: Path | None = None, **overrides: Any) -> CdpConfig:
         return CdpConfig(**values)
     except ValidationError as exc:
         raise SettingsError(format_errors(exc, path)) from None
+
+
+def format_errors(exc: ValidationError, source: Path | None) -> str:
+    """One line per problem: `field: message (got value)`; a segments file's problems one line each as they
+    are (they name the file, the segment and the condition)."""
+    lines = [f"invalid settings{f' (file {source})' if source else ''}:"]
+    for err in exc.errors():
+        if err["type"] == "segments":
+            lines.extend(f"  {line}" for line in err["ctx"]["problems"].splitlines())
+            continue
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)

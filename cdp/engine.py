@@ -109,7 +109,11 @@ def materialize(expr: ir.Table) -> ir.Table:
 
     DuckDB: a temporary table (Table.cache). Spark: a local checkpoint, which also cuts the lineage,
     so an iterative job's plans stay small (Spark's cache keeps the whole lineage to analyse each round).
+    An unbound expression (built on `ibis.table(schema)` to learn its columns, e.g. cdp.tags.tag_schema) has
+    nothing to compute and is returned as it is.
     """
+    if not expr._find_backends()[0]:
+        return expr
     con = expr._find_backend()
     if con.name != "pyspark":
         return expr.cache()

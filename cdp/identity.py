@@ -232,6 +232,11 @@ def one_id_expr(key: ir.StringValue) -> ir.StringValue:
     return (ibis.literal(ONE_ID_PREFIX) + key).hexdigest("sha256").substr(0, 24)
 
 
+# The columns resolve() gives Resolution.records and .identifiers (cdp.tags.tag_schema builds on them).
+RECORDS_SCHEMA = ibis.schema({"table": "string", "record_id": "string", "one_id": "string", "component": "int64"})
+IDENTIFIERS_SCHEMA = ibis.schema({"key": "string", "one_id": "string"})
+
+
 @dataclass
 class Resolution:
     """The result of resolve(): Ibis tables on the backend the inputs live on."""

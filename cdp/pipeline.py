@@ -27,7 +27,7 @@ from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, segment_sizes
 from .schema import OPTIONAL_TABLES
-from .tags import apply_segments, load_segments, unattached_events, with_segments
+from .tags import apply_segments, unattached_events, with_segments
 from .tags import segment_sizes as tag_segment_sizes
 
 META_FILE = "meta.json"  # written by simulate; carries the world's as_of
@@ -116,6 +116,7 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
             return build(cfg, progress, built_ts, save_state, stages)
         finally:
             stages.close()
+    segments = cfg.segments()  # checked when cfg was made; read before any work, so a bad file costs nothing
     as_of = world_as_of(cfg.input, cfg.as_of)
     work = Path(cfg.work_dir or engine.scratch_dir("rta-cdp-work-"))
     checked = validate.validate(cfg.input, work, cfg.phone_salt, tables=CDP_TABLES)
@@ -139,7 +140,6 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
         stages.predictive, res.tags = predictive.stage(cfg.predictive, tables, res, profiles, as_of, work,
                                                        guardrails, progress)
         stages.done("predictive", predictive.headline(stages.predictive))
-    segments = load_segments(cfg.segments_file) if cfg.segments_file else {}
     apply_segments(res.tags, segments).to_parquet(work / "tags.parquet")
     # From here on the tags (with scores and a segment_{name} flag per YAML segment, which the export carries)
     # are read from their file, and the engine's copy is freed for the stages after.

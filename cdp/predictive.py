@@ -47,9 +47,10 @@ from . import engine
 from .engine import materialize, release
 from .identity import Resolution
 from .profiles import DAY, SCORE_PREFIX, before, cutoff_ts, profile_tables
+from .tags import FIRST_PURCHASE, repurchase_name, score_tags
 from .validate import CHANNELS
 
-FIRST = "p_first_purchase"
+FIRST = FIRST_PURCHASE  # the score tags' names are the tags' contract (cdp.tags.score_tags)
 FEATURES = ("order_count", "monetary_fen", "avg_order_fen", "days_since_last_order", "days_since_first_seen",
             "days_since_latest_record", "channel_count", "device_count", "is_member", "wecom_friend", "has_guide",
             "r_score", "f_score", "m_score", "top_hour", "top_weekday", "top_channel")
@@ -70,10 +71,6 @@ SCORE_BATCH = 500_000
 # The T0 pass resolves and profiles only as many people as training needs: each population's share of
 # people as of now is sized to offer SAMPLE_MARGIN x max_train_rows OneIDs (fewer people existed at T0).
 SAMPLE_MARGIN = 1.5
-
-
-def repurchase_name(horizon_days: int) -> str:
-    return f"p_repurchase_{horizon_days}d"
 
 
 @dataclass(frozen=True)
@@ -369,10 +366,11 @@ def stage(cfg, tables: dict[str, ir.Table], res: Resolution, profiles: ir.Table,
     score columns added, null where a OneID has no score)."""
     summary = run(tables, res, profiles, as_of, work, cfg.horizon_days, cfg.min_positives, cfg.max_train_rows,
                   cfg.seed, guardrails, progress)
-    names = (FIRST, repurchase_name(cfg.horizon_days))
+    names = score_tags(cfg.horizon_days)
     if "file" in summary:
         scores = res.tags._find_backend().read_parquet(summary["file"])
-        tags = res.tags.left_join(scores, "one_id")
+        # the join's own copy of the key (one_id_right) is not a tag
+        tags = res.tags.left_join(scores, "one_id").select(*res.tags.columns, *names)
     else:
         tags = res.tags.mutate(**{n: ibis.null("float64") for n in names})
     return summary, tags

@@ -24,22 +24,32 @@ Segments file (YAML): a mapping of segment name to a list of conditions that mus
         - [lifecycle, in, ["2", "3+"]]
         - [days_since_last_order, between, [60, 180]]
       wecom_vips: [[wecom_friend, "==", true], [m_score, ">=", 5]]
-Operators: ==, !=, <, <=, >, >=, in, not_in, between (inclusive), is_null, not_null.
+Operators: ==, !=, <, <=, >, >=, in, not_in, between (inclusive), is_null, not_null. The file is checked
+completely when the config is loaded (cdp.config, `segment_problems`): tags known (tag_schema, plus the
+predictive score tags), operators known, each value shaped for its operator and typed as its tag.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import json
+import re
 from pathlib import Path
 
 import ibis
+import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 import yaml
 
+from rta_service.settings import SettingsError
+
 from .engine import materialize
-from .identity import Resolution
-from .profiles import DAY, SEGMENTS, TZ
+from .identity import IDENTIFIERS_SCHEMA, RECORDS_SCHEMA, Resolution
+from .profiles import DAY, SEGMENTS, TZ, before, device_index, profile_table, with_one_ids
+from .schema import SCHEMAS
 
 TZ_OFFSET_S = int(TZ.utcoffset(None).total_seconds())
 CHAT_DAYS = 30
@@ -151,27 +161,149 @@ def _store_places(stores: ir.Table, cutoff: int) -> ir.Table:
     return places.select(place_store_id="store_id", region="region", city="city", new_store_id="new_store_id")
 
 
-def load_segments(path: Path) -> dict[str, list]:
-    """{segment: [[tag, op, value], ...]} from a YAML file; raises ValueError naming the file and segment."""
-    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+FIRST_PURCHASE = "p_first_purchase"  # predictive score tags (cdp/predictive.py), float64, null outside their population
+
+
+def repurchase_name(horizon_days: int) -> str:
+    return f"p_repurchase_{horizon_days}d"
+
+
+def score_tags(horizon_days: int) -> tuple[str, str]:
+    """The predictive stage's score tags, added to the tags as float64 columns (cdp.predictive.stage)."""
+    return FIRST_PURCHASE, repurchase_name(horizon_days)
+
+
+@functools.cache
+def tag_schema() -> ibis.Schema:
+    """The tags' columns and types: tag_table built on unbound tables of the input schemas (cdp/schema.py) and
+    of resolve()'s outputs. Nothing is read or computed, so the config can check segments before any work."""
+    t = before({name: ibis.table(schema, name=name) for name, schema in SCHEMAS.items()}, 0)
+    res = Resolution(ibis.table(RECORDS_SCHEMA, name="records"), ibis.table(IDENTIFIERS_SCHEMA, name="identifiers"),
+                     rounds=0, sizes=None)
+    joined = with_one_ids(t, res)
+    profiles = profile_table(joined, res, device_index(res.identifiers), 0, 0)
+    return tag_table(joined, res, profiles, 0).schema()
+
+
+SCORE_TAG = re.compile(rf"{FIRST_PURCHASE}|p_repurchase_\d+d")  # score_tags of any horizon
+
+
+def tag_types(scores: tuple[str, ...] | None = ()) -> dict[str, dt.DataType]:
+    """{tag: type}: tag_schema() plus the predictive score tags named (float64), what segments may use;
+    scores None: every score tag of any horizon (when the configured horizon is itself invalid)."""
+    types = dict(tag_schema().items())
+    return _AnyScore(types) if scores is None else {**types, **dict.fromkeys(scores, dt.float64)}
+
+
+class _AnyScore(dict):
+    """{tag: type} that also holds every score tag SCORE_TAG matches, as float64."""
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(key) or (isinstance(key, str) and SCORE_TAG.fullmatch(key) is not None)
+
+    def __missing__(self, key):
+        if key in self:
+            return dt.float64
+        raise KeyError(key)
+
+
+NO_VALUE = ("is_null", "not_null")
+LIST_OPS = ("in", "not_in")
+
+
+def segment_problems(path: Path, types: dict[str, dt.DataType]) -> tuple[dict[str, list], list[str]]:
+    """(segments, problems) of a segments file checked against the tags' types: every problem found, each
+    a line naming the file, the segment and the condition; segments is usable only without problems."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        return {}, [f"{path}: {exc}"]
     segments = doc.get("segments") if isinstance(doc, dict) else None
     if not isinstance(segments, dict) or not segments:
-        raise ValueError(f"{path}: expected a mapping under 'segments'")
+        return {}, [f"{path}: expected a mapping under 'segments' of segment name to a list of conditions"]
+    problems = [f"{path}: unknown key {key!r} (expected only 'segments')" for key in doc if key != "segments"]
     for name, conditions in segments.items():
+        where = f"{path}: segment {name}"
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}: a segment name must be a non-empty string (quote it: '{name}')")
+        elif name in SEGMENTS:
+            problems.append(f"{where}: the name of a built-in segment ({', '.join(SEGMENTS)})")
         if not isinstance(conditions, list) or not conditions:
-            raise ValueError(f"{path}: segment {name}: expected a list of [tag, op, value] conditions")
-        if name in SEGMENTS:
-            raise ValueError(f"{path}: segment {name}: the name of a built-in segment ({', '.join(SEGMENTS)})")
-        for cond in conditions:
-            if not isinstance(cond, list) or len(cond) not in (2, 3) or cond[1] not in OPS:
-                raise ValueError(f"{path}: segment {name}: bad condition {cond!r} (ops: {', '.join(OPS)})")
+            problems.append(f"{where}: expected a list of [tag, op, value] conditions")
+            continue
+        for i, cond in enumerate(conditions, 1):
+            problem = _condition_problem(cond, types)
+            if problem:
+                shown = json.dumps(cond, default=str, ensure_ascii=False)
+                problems.append(f"{where}, condition {i} {shown}: {problem}")
+    return segments, problems
+
+
+def load_segments(path: Path, types: dict[str, dt.DataType] | None = None) -> dict[str, list]:
+    """{segment: [[tag, op, value], ...]} from a YAML file, checked against `types` (default: tag_types(), the
+    tags without predictive scores); raises SettingsError listing every problem."""
+    segments, problems = segment_problems(path, tag_types() if types is None else types)
+    if problems:
+        raise SettingsError("invalid segments:\n" + "\n".join(f"  {p}" for p in problems))
     return segments
 
 
-def _condition(tags: ir.Table, segment: str, cond: list) -> ir.BooleanValue:
+def _condition_problem(cond, types: dict[str, dt.DataType]) -> str | None:
+    """What is wrong with one [tag, op, value] condition, or None."""
+    if not isinstance(cond, list) or len(cond) not in (2, 3):
+        return "expected [tag, op, value] ([tag, op] for is_null and not_null)"
+    tag, op = cond[0], cond[1]
+    if not isinstance(tag, str) or tag not in types:
+        close = difflib.get_close_matches(str(tag), types, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        if isinstance(tag, str) and SCORE_TAG.fullmatch(tag):
+            hint += "predictive score tags need predictive.enabled and are named by predictive.horizon_days; "
+        return f"unknown tag {tag!r} ({hint}tags: {', '.join(types)})"
+    if op not in OPS:
+        return f"unknown operator {op!r} (operators: {', '.join(OPS)})"
+    if op in NO_VALUE:
+        return f"{op} takes no value: [{tag}, {op}]" if len(cond) == 3 else None
+    if len(cond) == 2:
+        return f"{op!r} needs a value: [{tag}, {json.dumps(op)}, value]"
+    value, kind = cond[2], types[tag]
+    if op == "between":
+        if not isinstance(value, list) or len(value) != 2:
+            return f"between needs a list of two values [low, high], got {json.dumps(value, default=str)}"
+        bad = [_value_problem(tag, kind, v) for v in value]
+        if any(bad):
+            return next(b for b in bad if b)
+        return f"between [{value[0]}, {value[1]}]: the low bound is above the high one" if value[0] > value[1] else None
+    if op in LIST_OPS:
+        if not isinstance(value, list) or not value:
+            example = json.dumps([value] if value is not None and not isinstance(value, (list, dict)) else ["..."],
+                                 ensure_ascii=False)
+            return f"{op} needs a non-empty list of values, e.g. {example}"
+        return next((p for p in (_value_problem(tag, kind, v) for v in value) if p), None)
+    if isinstance(value, (list, dict)):
+        return f"{op!r} needs one value, not a {type(value).__name__} (for several values use in or not_in)"
+    if value is None:
+        return f"{op!r} needs a value, not null (for missing values use is_null or not_null)"
+    return _value_problem(tag, kind, value)
+
+
+def _value_problem(tag: str, kind: dt.DataType, value) -> str | None:
+    """Whether one value fits the tag's type: strings for string tags, true/false for boolean ones, numbers
+    (not true/false) for numeric ones. YAML reads 2 as a number and "2" as a string, so the hint quotes."""
+    if kind.is_string():
+        if not isinstance(value, str):
+            return f"{tag} is a string tag: write the value as a string, {json.dumps(str(value))}"
+    elif kind.is_boolean():
+        if not isinstance(value, bool):
+            return f"{tag} is a boolean tag: write true or false (without quotes), not {json.dumps(value, default=str)}"
+    elif kind.is_numeric():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            shown = json.dumps(value, default=str)
+            return f"{tag} is a number tag ({kind}): write a number (without quotes), not {shown}"
+    return None
+
+
+def _condition(tags: ir.Table, cond: list) -> ir.BooleanValue:
     tag, op, value = cond[0], cond[1], cond[2] if len(cond) == 3 else None
-    if tag not in tags.columns:
-        raise ValueError(f"segment {segment}: unknown tag {tag!r} (tags: {', '.join(tags.columns)})")
     return _OPS[op](tags[tag], value)
 
 
@@ -184,12 +316,13 @@ _OPS = {
 
 
 def apply_segments(tags: ir.Table, segments: dict[str, list]) -> ir.Table:
-    """tags plus a boolean column `segment_{name}` per segment."""
+    """tags plus a boolean column `segment_{name}` per segment (segments: load_segments, checked against
+    the tags' types)."""
     columns = {}
     for name, conditions in segments.items():
         flag = ibis.literal(True)
         for cond in conditions:
-            flag = flag & _condition(tags, name, cond)
+            flag = flag & _condition(tags, cond)
         columns[f"segment_{name}"] = flag.fill_null(False)
     return tags.mutate(**columns)
 

@@ -417,8 +417,88 @@ def test_tags_and_yaml_segments_on_a_hand_built_person(tmp_path):
         tags.apply_segments(res.tags, tags.load_segments(segments_file))) == {"lapsing_repeat": 1, "never_bought": 1}
     bad = tmp_path / "bad.yaml"
     bad.write_text("segments:\n  x: [[lifecycle, like, '3+']]\n")
-    with pytest.raises(ValueError, match="segment x: bad condition"):
+    with pytest.raises(SettingsError, match="segment x, condition 1 .*: unknown operator 'like'"):
         tags.load_segments(bad)
+    # the contracts the segments file is checked against at config time are those of the real expressions
+    assert res.tags.schema() == tags.tag_schema()
+    assert res.records.schema() == identity.RECORDS_SCHEMA and res.identifiers.schema() == identity.IDENTIFIERS_SCHEMA
+
+
+def _segments_config(tmp_path, segments: str, **settings):
+    """A cdp.yaml naming a segments file with `segments` under `segments:`; its input does not exist, so a
+    config that loads was checked without reading any data."""
+    (tmp_path / "segments.yaml").write_text("segments:\n" + segments)
+    config = tmp_path / "cdp.yaml"
+    config.write_text(f"input: {tmp_path / 'no-such-world'}\nsegments_file: {tmp_path / 'segments.yaml'}\n"
+                      + "".join(f"{k}: {v}\n" for k, v in settings.items()))
+    return config
+
+
+@pytest.mark.parametrize(("condition", "problem"), [
+    ('[lifecycle, "==", 2]', 'lifecycle is a string tag: write the value as a string, "2"'),
+    ('[wecom_friend, "==", "true"]', 'wecom_friend is a boolean tag: write true or false (without quotes), not "true"'),
+    ('[lifecycle, in, "2"]', 'in needs a non-empty list of values, e.g. ["2"]'),
+    ("[lifecycle, not_in, []]", "not_in needs a non-empty list of values"),
+    ("[lifecycle, in, ['2', 3]]", 'lifecycle is a string tag: write the value as a string, "3"'),
+    ("[days_since_last_order, between, 60]", "between needs a list of two values [low, high], got 60"),
+    ("[days_since_last_order, between, [60, 180, 365]]", "between needs a list of two values"),
+    ("[days_since_last_order, between, [180, 60]]", "the low bound is above the high one"),
+    ("[m_score, '>=', '4']", 'm_score is a number tag (int64): write a number (without quotes), not "4"'),
+    ("[m_score, '>=', true]", "m_score is a number tag (int64)"),
+    ('[m_score, ">="]', "'>=' needs a value"),
+    ("[m_score, '==', null]", "needs a value, not null (for missing values use is_null or not_null)"),
+    ("[m_score, '==', [4, 5]]", "'==' needs one value, not a list"),
+    ("[guide_id, is_null, x]", "is_null takes no value"),
+    ("[m_score, like, 5]", "unknown operator 'like'"),
+    ("[m_scor, '>=', 5]", "unknown tag 'm_scor' (did you mean m_score?"),
+    ("[p_repurchase_7d, '>=', 0.1]", "unknown tag 'p_repurchase_7d' (did you mean p_repurchase_30d?"),
+    ("[lifecycle]", "expected [tag, op, value]"),
+])
+def test_a_bad_segment_condition_fails_the_config_naming_file_segment_and_condition(tmp_path, condition, problem):
+    config = _segments_config(tmp_path, f"  s1: [{condition}]\n")
+    with pytest.raises(SettingsError) as err:
+        load_config(config)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"invalid settings (file {config}):" and len(lines) == 2
+    assert lines[1].startswith(f"  {tmp_path / 'segments.yaml'}: segment s1, condition 1 [")
+    assert problem in lines[1]
+
+
+def test_every_segment_problem_is_reported_together_with_the_other_settings_and_the_cli_exits_cleanly(
+        tmp_path, capsys):
+    config = _segments_config(tmp_path, "  s1: [[lifecycle, '==', '2'], [lifecycle, '==', 2]]\n"
+                              "  vip: [[nope, '==', 1]]\n  s3: [[m_score, '>=']]\n  s4: []\n", engine="spark")
+    with pytest.raises(SettingsError) as err:
+        load_config(config)
+    lines = str(err.value).splitlines()[1:]
+    assert [line.split(": ", 2)[1] if "segments.yaml" in line else line.split(":")[0].strip() for line in lines] == [
+        "engine", "segment s1, condition 2 [\"lifecycle\", \"==\", 2]", "segment vip",
+        "segment vip, condition 1 [\"nope\", \"==\", 1]", "segment s3, condition 1 [\"m_score\", \">=\"]", "segment s4"]
+    assert "the name of a built-in segment" in lines[2] and "expected a list of [tag, op, value]" in lines[5]
+    assert cli.main(["cdp", "run", "--config", str(config)]) == 1
+    err_text = capsys.readouterr().err
+    assert "rta cdp: SettingsError: invalid settings" in err_text and "Traceback" not in err_text
+    assert "segment s1, condition 2" in err_text and "segment vip" in err_text
+
+
+def test_a_valid_segments_file_loads_with_the_score_tags_of_the_configured_horizon(tmp_path):
+    segments = ("  lapsing: [[lifecycle, in, ['2', '3+']], [days_since_last_order, between, [60, 180]]]\n"
+                "  friends: [[wecom_friend, '==', true], [m_score, '>=', 4.5], [guide_id, not_null]]\n"
+                "  likely: [[p_repurchase_60d, '>=', 0.1], [p_first_purchase, is_null]]\n")
+    cfg = load_config(_segments_config(tmp_path, segments, predictive="{horizon_days: 60}"))
+    assert cfg.segments() == {
+        "lapsing": [["lifecycle", "in", ["2", "3+"]], ["days_since_last_order", "between", [60, 180]]],
+        "friends": [["wecom_friend", "==", True], ["m_score", ">=", 4.5], ["guide_id", "not_null"]],
+        "likely": [["p_repurchase_60d", ">=", 0.1], ["p_first_purchase", "is_null"]]}
+    with pytest.raises(SettingsError, match="unknown tag 'p_repurchase_60d'"):  # the default horizon is 30
+        load_config(_segments_config(tmp_path, segments))
+    with pytest.raises(SettingsError, match="unknown tag 'p_first_purchase' .*need predictive.enabled"):
+        load_config(_segments_config(tmp_path, segments, predictive="{enabled: false, horizon_days: 60}"))
+    # an invalid predictive setting is reported alone: the score tags are not blamed for it
+    with pytest.raises(SettingsError) as err:
+        load_config(_segments_config(tmp_path, segments, predictive="{horizon_days: 0}"))
+    assert str(err.value).splitlines()[1:] == ["  predictive.horizon_days: Input should be greater than or equal to 1 "
+                                               "(got 0)"]
 
 
 def test_identifier_values_past_the_per_person_cap_stop_linking():
@@ -562,6 +642,8 @@ def test_a_yaml_segment_reaches_the_redis_profile_and_a_policy_audience_over_it_
     summary = run_config(CdpConfig(input=world, as_of=AS_OF, redis_url=redis_url, grace_s=0,
                                    segments_file=segments, work_dir=tmp_path / "work"))
     assert summary["tags"]["segments"] == {"repeat_buyers": 1}
+    assert list(pd.read_parquet(tmp_path / "work" / "tags.parquet").columns) == [
+        *tags.tag_schema().names, *tags.score_tags(30), "segment_repeat_buyers"]
     oaid, imei = read_profiles(redis_url, "rta", [(pb.OAID, OAID), (pb.IMEI, IMEI)])
     stored = {pb.OAID: oaid, pb.IMEI: imei}
     assert list(stored[pb.OAID].segments) == ["member", "buyer", "vip", "repeat_buyers"]  # fixed ones first

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from cdp import engine, identity, ingest, predictive
+from cdp import tags as cdp_tags
 from cdp.config import CdpConfig, PredictiveConfig
 from cdp.pipeline import build, read_tables, run_config
 from cdp.profiles import cutoff_ts, profile_tables
@@ -211,7 +212,10 @@ def test_scores_reach_the_redis_profile_and_yaml_segments(world, redis_url, tmp_
                     segments_file=segments)
     summary = run_config(cfg)
     assert summary["predictive"]["models"][REPURCHASE]["test"]["auc"] > 0.65
-    tags = pd.read_parquet(tmp_path / "tags.parquet").set_index("one_id")
+    tags = pd.read_parquet(tmp_path / "tags.parquet")
+    # the tags, the two scores (the join's copy of one_id is not kept), the YAML segment's flag
+    assert list(tags.columns) == [*cdp_tags.tag_schema().names, predictive.FIRST, REPURCHASE, "segment_likely_repeat"]
+    tags = tags.set_index("one_id")
     assert 0 < summary["tags"]["segments"]["likely_repeat"] == int((tags[REPURCHASE] >= 0.1).sum()) < len(tags)
     client = redis.Redis.from_url(redis_url)
     buckets = list(client.scan_iter(match="p:1:*", count=1000))  # bucket hashes of device entries
