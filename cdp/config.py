@@ -58,7 +58,8 @@ class CdpConfig(BaseModel):
     @model_validator(mode="after")
     def _incremental_needs_state(self) -> CdpConfig:
         if self.export_mode == "incremental" and self.state_dir is None:
-            raise ValueError("export_mode incremental needs state_dir (where the last export's digests are kept)")
+            raise ValueError("export_mode incremental needs state_dir, where the last export's digests are kept "
+                             "(--state-dir DIR, or state_dir in the --config file)")
         return self
 
 
@@ -76,4 +77,6 @@ def load_config(path: Path | None = None, **overrides: Any) -> CdpConfig:
     try:
         return CdpConfig(**values)
     except ValidationError as exc:
-        raise SettingsError(format_errors(exc, path)) from None
+        given = [k for k, v in overrides.items() if v is not None]
+        where = " and ".join(filter(None, [f"file {path}" if path else "", "command-line flags" if given else ""]))
+        raise SettingsError(format_errors(exc, path, where=where or "defaults")) from None

@@ -620,3 +620,16 @@ def test_a_world_from_before_stores_and_interactions_still_runs(small_world, tmp
     assert set(tagged["best_store_source"].dropna()) == {"orders", "wecom"}  # no registration stores in old worlds
     assert tagged["best_store_city"].isna().all() and not tagged["new_store_nearby"].any()
     assert tagged["wecom_chats_30d"].sum() == 0 and not tagged["in_wecom_group"].any()
+
+
+def test_a_cdp_settings_error_does_not_blame_the_environment(tmp_path):
+    with pytest.raises(SettingsError) as err:
+        load_config(input=tmp_path, export_mode="incremental")
+    assert "RTA_" not in str(err.value) and "(command-line flags)" in str(err.value)
+    assert "--state-dir" in str(err.value) and "Value error" not in str(err.value)
+    config = tmp_path / "cdp.yaml"
+    config.write_text("input: /x\ngrace_s: -1\n")
+    with pytest.raises(SettingsError) as err:
+        load_config(config)
+    text = str(err.value)
+    assert f"(file {config}):" in text and "RTA_" not in text and "grace_s" in text
