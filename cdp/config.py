@@ -54,6 +54,10 @@ class CdpConfig(BaseModel):
     # full: a new generation, switched atomically; incremental: only changed device entries, into the live one
     export_mode: Literal["full", "incremental"] = "full"
     write_rate: Annotated[float, Field(ge=0)] = 0  # device entries written per second; 0 = as fast as Redis takes them
+    # refuse an export with fewer device entries than the live one by more than this fraction (1: any shrink,
+    # but never to none) or with none at all; allow_shrink lets a deliberate shrink through
+    max_shrink: Annotated[float, Field(ge=0, le=1)] = 0.5
+    allow_shrink: bool = False
 
     @model_validator(mode="after")
     def _incremental_needs_state(self) -> CdpConfig:
