@@ -362,8 +362,8 @@ def delete_generations(client, ns: str, keep: int | None = None, only: int | Non
     return removed
 
 
-def _records(profiles: pd.DataFrame, index: pd.DataFrame, unstamped: bool) -> tuple[wire.Ragged, np.ndarray,
-                                                                                      wire.Ragged | None]:
+def _records(profiles: pd.DataFrame, index: pd.DataFrame, unstamped: bool,
+             score_resolution: float = 0.0) -> tuple[wire.Ragged, np.ndarray, wire.Ragged | None]:
     """(the record of each person who has a device entry, the row of that record for each device entry of
     `index`, and when `unstamped` those records without `updated_ts`). The last is what digests are taken
     of: `updated_ts` changes every run, and an unchanged record keeps the build time it was first written
@@ -378,7 +378,7 @@ def _records(profiles: pd.DataFrame, index: pd.DataFrame, unstamped: bool) -> tu
     frame = profiles[list(COLUMNS) + score_columns(profiles.columns)].iloc[used]
     stamped, bare = [], []
     for lo in range(0, len(frame), ENCODE_ROWS):  # in blocks: the padded rows of every profile at once took GBs
-        head, updated, scores = wire.profile_fields(frame.iloc[lo:lo + ENCODE_ROWS])
+        head, updated, scores = wire.profile_fields(frame.iloc[lo:lo + ENCODE_ROWS], score_resolution)
         stamped.append(wire.compact(*head, updated, *scores))
         if unstamped:
             bare.append(wire.compact(*head, *scores))
@@ -406,12 +406,14 @@ def _save_state(state_dir: Path, state: dict, digests: pd.DataFrame | None = Non
 def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta", grace_s: float = 0.0,
            sleep: Callable[[float], None] = time.sleep, *, mode: str = "full", state_dir: Path | None = None,
            write_rate: float = 0, clock: Callable[[], float] = time.monotonic,
-           say: Callable[[str], None] | None = None, max_shrink: float = 0.5, allow_shrink: bool = False) -> dict:
+           say: Callable[[str], None] | None = None, max_shrink: float = 0.5, allow_shrink: bool = False,
+           score_resolution: float = 0.0) -> dict:
     """Publish profiles (cdp.profiles COLUMNS) under every device ID of `index` [id_type, md5, one_id]:
     a new generation (mode "full"), or only the changes into the live one (mode "incremental", which
     needs `state_dir`). `client` is a redis.Redis or RedisCluster (see `connect`). Raises ShrinkRefused,
     before writing anything, when the export would empty the live store or shrink it by more than
-    `max_shrink` (a fraction; 1 = any shrink but to nothing), unless `allow_shrink`."""
+    `max_shrink` (a fraction; 1 = any shrink but to nothing), unless `allow_shrink`. Scores are exported
+    rounded to multiples of `score_resolution` (0 = as computed)."""
     say = say or (lambda _msg: None)
     state_dir = Path(state_dir) if state_dir else None
     started = time.perf_counter()
@@ -425,7 +427,8 @@ def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta",
                             f"would make those devices unknown; generation {live.generation} stays live and "
                             "nothing was written. If the shrink is deliberate, rerun with --allow-shrink "
                             "(allow_shrink: true) or a larger max_shrink.")
-    records, person, unstamped = _records(profiles, index, unstamped=state_dir is not None)
+    records, person, unstamped = _records(profiles, index, unstamped=state_dir is not None,
+                                          score_resolution=score_resolution)
     digest = wire.digests(unstamped)[person] if unstamped is not None else None
     summary = {"profiles": len(profiles), "previous_generation": live.generation, "previous_entries": live_count,
                "previous_entries_from": counted_by}

@@ -227,7 +227,8 @@ def publish(cfg: CdpConfig, stages: Stages, profiles: pd.DataFrame, index: pd.Da
     try:
         exported = export(client, profiles, index, ns=cfg.namespace, grace_s=cfg.grace_s, mode=cfg.export_mode,
                           state_dir=cfg.state_dir, write_rate=cfg.write_rate, say=progress,
-                          max_shrink=cfg.max_shrink, allow_shrink=cfg.allow_shrink)
+                          max_shrink=cfg.max_shrink, allow_shrink=cfg.allow_shrink,
+                          score_resolution=cfg.predictive.export_resolution)
     finally:
         client.close()
     stages.done("export", _export_line(exported))

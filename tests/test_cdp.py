@@ -682,9 +682,9 @@ def test_a_cdp_settings_error_does_not_blame_the_environment(tmp_path):
     assert "RTA_" not in str(err.value) and "(command-line flags)" in str(err.value)
     assert "--state-dir" in str(err.value) and "Value error" not in str(err.value)
     config = tmp_path / "cdp.yaml"
-    config.write_text("input: /x\nmax_shrink: 2\ngrace_s: -1\n")
+    config.write_text("input: /x\nmax_shrink: 2\npredictive: {export_resolution: -1}\n")
     with pytest.raises(SettingsError) as err:
         load_config(config)
     text = str(err.value)
     assert f"(file {config}):" in text and "RTA_" not in text
-    assert "max_shrink" in text and "grace_s" in text
+    assert "max_shrink" in text and "predictive.export_resolution" in text

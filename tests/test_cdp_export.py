@@ -227,3 +227,28 @@ def test_an_incremental_export_records_the_new_count_and_a_crash_leaves_none(red
     client.hdel("c:export", "entries")  # as an incremental run that crashed mid-way leaves it
     assert export(client, profiles, index.iloc[:450], ns="c")["previous_entries_from"] == "counted"
 
+
+def test_scores_are_exported_at_their_resolution_so_small_moves_are_not_rewritten(redis_url, tmp_path):
+    profiles, index = people(800)
+    rng = np.random.default_rng(4)
+    scores = np.where(rng.random(len(profiles)) < 0.7, rng.random(len(profiles)) * 0.3, np.nan)
+    scored = profiles.assign(score_p_first_purchase=scores)
+    rounded = scored.assign(score_p_first_purchase=np.round(scores / 0.01) * 0.01)
+    expected = [to_message(row).SerializeToString(deterministic=True) for row in rounded.itertuples(index=False)]
+    assert wire.encode_profiles(scored, score_resolution=0.01).to_list() == expected
+    # a retrained model moves every score a little (here by < 0.001, never across a step's midpoint)
+    centre = np.round(scores / 0.01) * 0.01
+    nudged = scored.assign(score_p_first_purchase=centre + (scores - centre) * 0.5 + 0.0004)
+    client = redis.Redis.from_url(redis_url)
+    for resolution, ns in ((0.01, "r1"), (0.0, "r0")):
+        state = tmp_path / ns
+        export(client, scored, index, ns=ns, mode="incremental", state_dir=state, score_resolution=resolution)
+        again = export(client, nudged, index, ns=ns, mode="incremental", state_dir=state,
+                       score_resolution=resolution)
+        with_score = int(index["one_id"].isin(profiles["one_id"][~np.isnan(scores)]).sum())
+        assert again["changed"] == (0 if resolution else with_score), resolution
+    stored = read_profiles(redis_url, "r1", list(zip(index["id_type"], index["md5"], strict=True)))
+    by_one = rounded.set_index("one_id")["score_p_first_purchase"]
+    for s in stored:
+        if not np.isnan(by_one[s.one_id]):
+            assert s.scores["p_first_purchase"] == np.float32(by_one[s.one_id])
