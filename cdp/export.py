@@ -426,7 +426,7 @@ def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta",
         raise ShrinkRefused(f"refusing to export to namespace {ns!r}: {refused}. An empty or truncated input "
                             f"would make those devices unknown; generation {live.generation} stays live and "
                             "nothing was written. If the shrink is deliberate, rerun with --allow-shrink "
-                            "(allow_shrink: true) or a larger max_shrink.")
+                            f"(allow_shrink: true){' or a larger max_shrink' if len(index) else ''}.")
     records, person, unstamped = _records(profiles, index, unstamped=state_dir is not None,
                                           score_resolution=score_resolution)
     digest = wire.digests(unstamped)[person] if unstamped is not None else None

@@ -195,6 +195,7 @@ def test_an_export_that_would_empty_or_shrink_the_live_store_is_refused_before_w
         with pytest.raises(ShrinkRefused, match=why) as refused:
             export(client, profiles, frame, ns="s", mode=mode, state_dir=state)
         assert "generation 1 stays live" in str(refused.value) and "--allow-shrink" in str(refused.value)
+        assert ("larger max_shrink" in str(refused.value)) == (len(frame) > 0)  # only the override empties it
         # nothing written: the same keys, the same live entries, the same state
         assert client.get("s:gen") == b"1:%d" % first["bucket_bits"] and _live_entries(client, "s") == len(index)
         assert sorted(client.scan_iter(match="s:*", count=1000)) == keys_before
