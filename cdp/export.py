@@ -277,7 +277,7 @@ def preflight(url: str, ns: str) -> dict:
                 warnings = check_layout(_nodes(client), meta["largest_value"], meta.get("largest_bucket", 0))
         finally:
             client.close()
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
         raise RedisUnavailable(f"Redis at {_redact(url)} does not answer ({type(exc).__name__}: {exc}); "
                                "checked before reading any input, nothing was written") from None
     except ValueError as exc:  # a malformed pointer

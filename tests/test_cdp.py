@@ -657,6 +657,8 @@ def test_cdp_run_checks_redis_before_any_work(small_world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not answer" in err and "before reading any input" in err and "[cdp] ingest" not in err
     assert "secret" not in err and "Traceback" not in err
+    with pytest.raises(RedisUnavailable, match="does not answer"):  # a Cluster client fails with its own errors
+        pipeline.preflight(f"redis+cluster://127.0.0.1:{free_port()}", "rta")
 
 
 def test_cdp_run_says_the_live_export_and_its_layout_before_ingest(small_world, redis_url, capsys):
