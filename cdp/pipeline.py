@@ -1,6 +1,7 @@
 """`rta cdp`: read the private-domain tables, resolve OneIDs, build profiles as of a date, publish them to Redis.
 
-Stages, each printed with its wall time and the process's peak memory when `progress` is given: ingest
+`rta cdp run` first checks Redis (`check_redis`: PING, the live export, its layout), then runs the
+stages, each printed with its wall time and the process's peak memory when `progress` is given: ingest
 (cdp/validate.py) -> load (the inputs as of the cutoff into the engine) -> oneid (cdp/identity.py) ->
 profiles -> tags -> [changes against state_dir] -> predictive (cdp/predictive.py, unless predictive.enabled
 is false) -> segments (YAML, tags.parquet) -> collect (frames for the exporter) -> export (cdp/export.py).
