@@ -24,6 +24,10 @@ def _common(p: argparse.ArgumentParser, legacy: bool = False) -> None:
         p.add_argument("--export-mode", choices=["full", "incremental"],
                        help="full: a new generation; incremental: only changed entries (needs state_dir)")
         p.add_argument("--write-rate", type=float, help="device entries per second written to Redis (0 = unlimited)")
+        p.add_argument("--max-shrink", type=float,
+                       help="refuse an export with this fraction fewer device entries than the live one (default 0.5)")
+        p.add_argument("--allow-shrink", action="store_true", default=None,
+                       help="publish even if the export empties the live store or shrinks it past max_shrink")
 
 
 def add_parser(sub) -> None:
@@ -60,7 +64,8 @@ def _config(opts):
     from .config import load_config  # noqa: PLC0415
 
     overrides = {k: getattr(opts, k, None) for k in ("input", "engine", "as_of", "state_dir", "work_dir", "redis_url",
-                                                    "namespace", "grace_s", "export_mode", "write_rate")}
+                                                    "namespace", "grace_s", "export_mode", "write_rate",
+                                                    "max_shrink", "allow_shrink")}
     if opts.config is None and overrides["input"] is None:
         raise ValueError("give --config FILE or --input DIR")
     return load_config(opts.config, **overrides)

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from rta_service.settings import SettingsError
+from rta_service.settings import SettingsError, format_errors
 
 from . import tags
 from .identity import DEFAULT_CAPS
@@ -31,6 +31,9 @@ class PredictiveConfig(BaseModel):
     min_positives: Annotated[int, Field(ge=1)] = 50  # fewer positives in the training window: no model
     max_train_rows: Annotated[int, Field(ge=1000)] = 500_000  # OneIDs per population, sampled by OneID hash
     seed: int = 7
+    # scores go to Redis rounded to multiples of this (0 = full precision), so a score that moves less than a
+    # step between runs (models are retrained, features age daily) does not make an incremental export rewrite it
+    export_resolution: Annotated[float, Field(ge=0, le=0.5)] = 0.01
 
 
 class CdpConfig(BaseModel):
@@ -58,6 +61,10 @@ class CdpConfig(BaseModel):
     # full: a new generation, switched atomically; incremental: only changed device entries, into the live one
     export_mode: Literal["full", "incremental"] = "full"
     write_rate: Annotated[float, Field(ge=0)] = 0  # device entries written per second; 0 = as fast as Redis takes them
+    # refuse an export with fewer device entries than the live one by more than this fraction (1: any shrink,
+    # but never to none) or with none at all; allow_shrink lets a deliberate shrink through
+    max_shrink: Annotated[float, Field(ge=0, le=1)] = 0.5
+    allow_shrink: bool = False
 
     @field_validator("segments_file")
     @classmethod
@@ -75,7 +82,8 @@ class CdpConfig(BaseModel):
     @model_validator(mode="after")
     def _incremental_needs_state(self) -> CdpConfig:
         if self.export_mode == "incremental" and self.state_dir is None:
-            raise ValueError("export_mode incremental needs state_dir (where the last export's digests are kept)")
+            raise ValueError("export_mode incremental needs state_dir, where the last export's digests are kept "
+                             "(--state-dir DIR, or state_dir in the --config file)")
         return self
 
 
@@ -101,17 +109,6 @@ def load_config(path: Path | None = None, **overrides: Any) -> CdpConfig:
     try:
         return CdpConfig(**values)
     except ValidationError as exc:
-        raise SettingsError(format_errors(exc, path)) from None
-
-
-def format_errors(exc: ValidationError, source: Path | None) -> str:
-    """One line per problem: `field: message (got value)`; a segments file's problems one line each as they
-    are (they name the file, the segment and the condition)."""
-    lines = [f"invalid settings{f' (file {source})' if source else ''}:"]
-    for err in exc.errors():
-        if err["type"] == "segments":
-            lines.extend(f"  {line}" for line in err["ctx"]["problems"].splitlines())
-            continue
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+        given = [k for k, v in overrides.items() if v is not None]
+        where = " and ".join(filter(None, [f"file {path}" if path else "", "command-line flags" if given else ""]))
+        raise SettingsError(format_errors(exc, path, where=where or "defaults")) from None

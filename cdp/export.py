@@ -8,6 +8,11 @@ A full export publishes a new generation:
     4. after `grace_s` (readers that read the pointer just before the switch finish), SCAN+UNLINK the
        keys of every older generation
 
+Before writing anything, either mode compares the new export's device entry count with the live one's
+(`{ns}:export`, the facts each export records about itself, else counted with HLEN) and refuses an
+export that would empty the live store or shrink it by more than `max_shrink` (`ShrinkRefused`), unless
+`allow_shrink`: an empty or truncated extract must not make every device unknown.
+
 An incremental export (`mode="incremental"` with a `state_dir` holding the last export's digests)
 writes into the live generation only the device entries whose record changed or is new (HSET) and
 removes those no longer exported (HDEL). That is safe without a switch because each device entry is
@@ -38,7 +43,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from rta_service import keyspace
-from rta_service.store import CLUSTER_SCHEME
+from rta_service.store import CLUSTER_SCHEME, _redact
 
 from . import wire
 
@@ -48,6 +53,15 @@ SCAN_COUNT = 1000
 STATE_FILE = "export_state.json"
 DIGESTS_FILE = "export_digests.parquet"
 ENCODING_SAMPLE = 32  # buckets whose OBJECT ENCODING is checked after a write
+COUNT_BATCH = 10_000  # HLENs per round trip when the live export's size must be counted
+
+
+class ShrinkRefused(RuntimeError):
+    """The export would empty the live store or shrink it past `max_shrink`; nothing was written."""
+
+
+class RedisUnavailable(RuntimeError):
+    """The configured Redis does not answer (checked before any work)."""
 
 
 def connect(url: str, timeout_s: float = 60.0) -> redis.Redis | RedisCluster:
@@ -199,6 +213,80 @@ class Writer:
         self._conns.clear()
 
 
+def read_meta(client, ns: str) -> dict[str, int]:
+    """The facts the last export recorded in `{ns}:export` (generation, bucket_bits, entries, ...); {} if none
+    or unreadable (an older exporter wrote none)."""
+    raw = client.hgetall(keyspace.export_meta_key(ns))
+    try:
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+    except ValueError:
+        return {}
+
+
+def _describes(meta: dict[str, int], live: keyspace.Live) -> bool:
+    return (meta.get("generation"), meta.get("bucket_bits")) == (live.generation, live.bucket_bits)
+
+
+def live_entries(client, ns: str, live: keyspace.Live) -> tuple[int, str]:
+    """(device entries of the live export, how that was found): from `{ns}:export` when it describes the live
+    generation (one HGETALL), else counted (HLEN of every bucket, pipelined; a format-1 export's keys by SCAN)."""
+    if live.generation == 0:
+        return 0, "nothing live"
+    meta = read_meta(client, ns)
+    if _describes(meta, live) and "entries" in meta:
+        return meta["entries"], "recorded"
+    if live.bucket_bits is None:  # format 1: one string key per device ID
+        return sum(1 for node in _nodes(client)
+                   for _ in node.scan_iter(match=f"{ns}:{live.generation}:*", count=SCAN_COUNT)), "counted"
+    total, buckets = 0, 1 << live.bucket_bits
+    for lo in range(0, buckets, COUNT_BATCH):
+        pipe = client.pipeline(transaction=False)
+        for b in range(lo, min(lo + COUNT_BATCH, buckets)):
+            pipe.hlen(keyspace.bucket_key(ns, live.generation, b))
+        total += sum(pipe.execute())
+    return total, "counted"
+
+
+def shrink_refusal(live_count: int, new_count: int, max_shrink: float, allow_shrink: bool = False) -> str | None:
+    """Why an export of `new_count` device entries must not replace a live one of `live_count`, or None.
+    An export with none replacing one with some is refused even with max_shrink 1; only allow_shrink lets
+    either through. A first export (nothing live) is always allowed."""
+    if allow_shrink or live_count == 0:
+        return None
+    if new_count == 0:
+        return f"the new export has no device entries while the live one has {live_count:,}"
+    if max_shrink < 1 and live_count - new_count > max_shrink * live_count:
+        return (f"the new export has {new_count:,} device entries, {1 - new_count / live_count:.0%} fewer than "
+                f"the live one's {live_count:,} (max_shrink {max_shrink:g})")
+    return None
+
+
+def preflight(url: str, ns: str) -> dict:
+    """Before a run does any work: the Redis at `url` answers PING, `{ns}:gen` is readable, and when a live
+    export recorded its largest record and bucket, whether every node's hash-max-listpack-* keep buckets of
+    that size compact (`layout_warnings`). Raises RedisUnavailable with the (password-less) URL."""
+    try:
+        client = connect(url, timeout_s=10)
+        try:
+            client.ping()
+            live = keyspace.parse_pointer(client.get(keyspace.generation_key(ns)))
+            count, how = live_entries(client, ns, live)
+            meta = read_meta(client, ns)
+            warnings = None  # not checked: nothing live, or no record of its sizes
+            if live.generation and _describes(meta, live) and "largest_value" in meta:
+                warnings = check_layout(_nodes(client), meta["largest_value"], meta.get("largest_bucket", 0))
+        finally:
+            client.close()
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        raise RedisUnavailable(f"Redis at {_redact(url)} does not answer ({type(exc).__name__}: {exc}); "
+                               "checked before reading any input, nothing was written") from None
+    except ValueError as exc:  # a malformed pointer
+        raise RedisUnavailable(f"Redis at {_redact(url)}: {keyspace.generation_key(ns)} is not a live pointer "
+                               f"({exc}); nothing was written") from None
+    return {"url": _redact(url), "live_generation": live.generation, "live_entries": count, "counted_by": how,
+            "layout_warnings": warnings}
+
+
 def _used_memory(nodes) -> int:
     return sum(int(n.info("memory")["used_memory"]) for n in nodes)
 
@@ -274,8 +362,8 @@ def delete_generations(client, ns: str, keep: int | None = None, only: int | Non
     return removed
 
 
-def _records(profiles: pd.DataFrame, index: pd.DataFrame, unstamped: bool) -> tuple[wire.Ragged, np.ndarray,
-                                                                                      wire.Ragged | None]:
+def _records(profiles: pd.DataFrame, index: pd.DataFrame, unstamped: bool,
+             score_resolution: float = 0.0) -> tuple[wire.Ragged, np.ndarray, wire.Ragged | None]:
     """(the record of each person who has a device entry, the row of that record for each device entry of
     `index`, and when `unstamped` those records without `updated_ts`). The last is what digests are taken
     of: `updated_ts` changes every run, and an unchanged record keeps the build time it was first written
@@ -290,7 +378,7 @@ def _records(profiles: pd.DataFrame, index: pd.DataFrame, unstamped: bool) -> tu
     frame = profiles[list(COLUMNS) + score_columns(profiles.columns)].iloc[used]
     stamped, bare = [], []
     for lo in range(0, len(frame), ENCODE_ROWS):  # in blocks: the padded rows of every profile at once took GBs
-        head, updated, scores = wire.profile_fields(frame.iloc[lo:lo + ENCODE_ROWS])
+        head, updated, scores = wire.profile_fields(frame.iloc[lo:lo + ENCODE_ROWS], score_resolution)
         stamped.append(wire.compact(*head, updated, *scores))
         if unstamped:
             bare.append(wire.compact(*head, *scores))
@@ -318,19 +406,32 @@ def _save_state(state_dir: Path, state: dict, digests: pd.DataFrame | None = Non
 def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta", grace_s: float = 0.0,
            sleep: Callable[[float], None] = time.sleep, *, mode: str = "full", state_dir: Path | None = None,
            write_rate: float = 0, clock: Callable[[], float] = time.monotonic,
-           say: Callable[[str], None] | None = None) -> dict:
+           say: Callable[[str], None] | None = None, max_shrink: float = 0.5, allow_shrink: bool = False,
+           score_resolution: float = 0.0) -> dict:
     """Publish profiles (cdp.profiles COLUMNS) under every device ID of `index` [id_type, md5, one_id]:
     a new generation (mode "full"), or only the changes into the live one (mode "incremental", which
-    needs `state_dir`). `client` is a redis.Redis or RedisCluster (see `connect`)."""
+    needs `state_dir`). `client` is a redis.Redis or RedisCluster (see `connect`). Raises ShrinkRefused,
+    before writing anything, when the export would empty the live store or shrink it by more than
+    `max_shrink` (a fraction; 1 = any shrink but to nothing), unless `allow_shrink`. Scores are exported
+    rounded to multiples of `score_resolution` (0 = as computed)."""
     say = say or (lambda _msg: None)
     state_dir = Path(state_dir) if state_dir else None
     started = time.perf_counter()
     nodes = _nodes(client)
     pointer = client.get(keyspace.generation_key(ns))
     live = keyspace.parse_pointer(pointer)
-    records, person, unstamped = _records(profiles, index, unstamped=state_dir is not None)
+    live_count, counted_by = live_entries(client, ns, live)
+    refused = shrink_refusal(live_count, len(index), max_shrink, allow_shrink)
+    if refused:
+        raise ShrinkRefused(f"refusing to export to namespace {ns!r}: {refused}. An empty or truncated input "
+                            f"would make those devices unknown; generation {live.generation} stays live and "
+                            "nothing was written. If the shrink is deliberate, rerun with --allow-shrink "
+                            f"(allow_shrink: true){' or a larger max_shrink' if len(index) else ''}.")
+    records, person, unstamped = _records(profiles, index, unstamped=state_dir is not None,
+                                          score_resolution=score_resolution)
     digest = wire.digests(unstamped)[person] if unstamped is not None else None
-    summary = {"profiles": len(profiles), "previous_generation": live.generation}
+    summary = {"profiles": len(profiles), "previous_generation": live.generation, "previous_entries": live_count,
+               "previous_entries_from": counted_by}
     state = _load_state(state_dir)
     why_full = None
     if mode == "incremental":
@@ -362,6 +463,8 @@ def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta",
     write_seconds = time.perf_counter() - write_started
     memory_written = _used_memory(nodes)
     encodings = _encodings(client, ns, generation, entries)
+    # the facts first: until the SET they name a generation that is not live, which readers of them ignore
+    _record_meta(client, ns, generation, entries.bucket_bits, len(entries), largest_value, largest_bucket)
     client.set(keyspace.generation_key(ns), keyspace.pointer_value(generation, entries.bucket_bits))
     switched = time.perf_counter()
     if state_dir is not None:
@@ -397,6 +500,14 @@ def export(client, profiles: pd.DataFrame, index: pd.DataFrame, ns: str = "rta",
     return summary
 
 
+def _record_meta(client, ns: str, generation: int, bucket_bits: int, entries: int, largest_value: int,
+                 largest_bucket: int) -> None:
+    """Write `{ns}:export` in one HSET: what the next export compares its size with and preflight checks."""
+    client.hset(keyspace.export_meta_key(ns), mapping={
+        "format": keyspace.FORMAT_VERSION, "generation": generation, "bucket_bits": bucket_bits, "entries": entries,
+        "largest_value": largest_value, "largest_bucket": largest_bucket, "written_ts": int(time.time())})
+
+
 def _why_not_incremental(state: dict | None, ns: str, live: keyspace.Live, state_dir: Path | None) -> str | None:
     if state_dir is None:
         return "no state_dir"
@@ -429,6 +540,7 @@ def _incremental(client, nodes, ns, live, index, records, person, digest, state_
     write_rows = np.sort(np.concatenate([new_rows, both_rows[differs]]))
     new, changed = len(new_rows), int(differs.sum())
     _save_state(state_dir, {**state, "complete": False})  # a crash mid-way makes the next export full
+    client.hdel(keyspace.export_meta_key(ns), "entries")  # and the next size check count the live entries
     memory_before = _used_memory(nodes)
     entries = Entries(index["id_type"].to_numpy()[write_rows], index["md5"].to_numpy()[write_rows],
                       person[write_rows], live.bucket_bits)
@@ -442,6 +554,9 @@ def _incremental(client, nodes, ns, live, index, records, person, digest, state_
     finally:
         writer.close()
     write_seconds = time.perf_counter() - t
+    all_buckets = keyspace.buckets_of(keyspace.md5_bytes(index["md5"].to_numpy()), live.bucket_bits)
+    _record_meta(client, ns, live.generation, live.bucket_bits, len(index),
+                 int(records.lengths[person].max(initial=0)), int(np.bincount(all_buckets).max(initial=0)))
     _save_state(state_dir, {**state, "complete": True}, current)
     unchanged = len(index) - written
     return {"mode": "incremental", "generation": live.generation, "bucket_bits": live.bucket_bits,

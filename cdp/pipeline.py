@@ -1,6 +1,7 @@
 """`rta cdp`: read the private-domain tables, resolve OneIDs, build profiles as of a date, publish them to Redis.
 
-Stages, each printed with its wall time and the process's peak memory when `progress` is given: ingest
+`rta cdp run` first checks Redis (`check_redis`: PING, the live export, its layout), then runs the
+stages, each printed with its wall time and the process's peak memory when `progress` is given: ingest
 (cdp/validate.py) -> load (the inputs as of the cutoff into the engine) -> oneid (cdp/identity.py) ->
 profiles -> tags -> [changes against state_dir] -> predictive (cdp/predictive.py, unless predictive.enabled
 is false) -> segments (YAML, tags.parquet) -> collect (frames for the exporter) -> export (cdp/export.py).
@@ -21,7 +22,7 @@ import pandas as pd
 from . import engine, ingest, predictive, validate
 from .config import CdpConfig
 from .engine import release
-from .export import connect, export
+from .export import connect, export, preflight
 from .identity import Guardrails, change_log, changes
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
@@ -226,15 +227,35 @@ def publish(cfg: CdpConfig, stages: Stages, profiles: pd.DataFrame, index: pd.Da
     client = connect(cfg.redis_url)
     try:
         exported = export(client, profiles, index, ns=cfg.namespace, grace_s=cfg.grace_s, mode=cfg.export_mode,
-                          state_dir=cfg.state_dir, write_rate=cfg.write_rate, say=progress)
+                          state_dir=cfg.state_dir, write_rate=cfg.write_rate, say=progress,
+                          max_shrink=cfg.max_shrink, allow_shrink=cfg.allow_shrink,
+                          score_resolution=cfg.predictive.export_resolution)
     finally:
         client.close()
     stages.done("export", _export_line(exported))
     return exported
 
 
+def check_redis(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """cdp.export.preflight on the configured Redis, said on one line (and its layout warnings, if any);
+    raises RedisUnavailable before any input is read."""
+    say = progress or (lambda _msg: None)
+    got = preflight(cfg.redis_url, cfg.namespace)
+    live = (f"live generation {got['live_generation']} of namespace {cfg.namespace!r}, "
+            f"{got['live_entries']:,} device entries ({got['counted_by']})" if got["live_generation"]
+            else f"nothing live in namespace {cfg.namespace!r} yet")
+    warnings = got["layout_warnings"]  # None: not checked (no record of the live export's sizes)
+    layout = "" if warnings is None else "; see the WARNING below" if warnings else \
+        "; every node's hash-max-listpack-* keep the live export's buckets compact"
+    say(f"[cdp] redis      {got['url']} answers; {live}{layout}")
+    for w in warnings or ():
+        say(f"[cdp] WARNING {w}")
+    return got
+
+
 def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Build profiles as configured and export them as a new generation; returns a summary."""
+    redis_check = check_redis(cfg, progress)  # minutes of work are not spent before finding Redis unreachable
     stages = Stages(progress)
     try:
         con, stages, profile_t, index_t, res, as_of = build(cfg, progress, stages=stages)
@@ -260,6 +281,7 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
         "predictive": stages.predictive,
         "stage_seconds": stages.seconds,
         "stage_peak_rss_mib": stages.peak_rss_mib,
+        "redis": redis_check,
         "export": exported,
     }
 
@@ -275,10 +297,11 @@ def _export_line(e: dict) -> str:
 
 
 def run(input_dir: Path, redis_url: str, namespace: str = "rta", as_of: dt.date | None = None,
-        grace_s: float = 0.0, engine_name: str = "duckdb", progress: Callable[[str], None] | None = None) -> dict:
+        grace_s: float = 0.0, engine_name: str = "duckdb", progress: Callable[[str], None] | None = None,
+        allow_shrink: bool = False) -> dict:
     """run_config with the common settings as arguments (the demo's entry point)."""
     cfg = CdpConfig(input=input_dir, redis_url=redis_url, namespace=namespace, as_of=as_of, grace_s=grace_s,
-                    engine=engine_name)
+                    engine=engine_name, allow_shrink=allow_shrink)
     return run_config(cfg, progress)
 
 

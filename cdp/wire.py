@@ -169,10 +169,12 @@ def repeated_strings(number: int, rows) -> Padded:
     return Padded(encoded.matrix[codes], encoded.keep[codes])
 
 
-def profile_fields(profiles: pd.DataFrame) -> tuple[list[Padded], Padded, list[Padded]]:
+def profile_fields(profiles: pd.DataFrame, score_resolution: float = 0.0) -> tuple[list[Padded], Padded,
+                                                                                    list[Padded]]:
     """The rta.v1.Profile fields of each row of a frame with cdp.profiles.COLUMNS (and optional
-    `score_{name}` columns), in field-number order: (fields 1-11, field 12 `updated_ts`, the scores map,
-    field 13). Split at `updated_ts` so a record can be built with and without it from one encoding."""
+    `score_{name}` columns, rounded to multiples of `score_resolution` unless 0), in field-number order:
+    (fields 1-11, field 12 `updated_ts`, the scores map, field 13). Split at `updated_ts` so a record can be
+    built with and without it from one encoding."""
     n = len(profiles)
     col = profiles.__getitem__
     numbered = ((5, "order_count"), (6, "last_order_ts"), (7, "first_seen_ts"), (8, "monetary_fen"),
@@ -180,26 +182,35 @@ def profile_fields(profiles: pd.DataFrame) -> tuple[list[Padded], Padded, list[P
     head = [int_field(1, np.full(n, keyspace.PROFILE_VERSION)), *bytes_field(2, from_bytes(col("one_id"))),
             int_field(3, col("is_member")), repeated_strings(4, col("segments")),
             *(int_field(number, col(name)) for number, name in numbered)]
-    scores = [score_entry(name[len(SCORE_PREFIX):], col(name)) for name in score_columns(profiles.columns)]
+    scores = [score_entry(name[len(SCORE_PREFIX):], col(name), score_resolution)
+              for name in score_columns(profiles.columns)]
     return head, int_field(12, col("updated_ts")), scores
 
 
-def encode_profiles(profiles: pd.DataFrame, stamp: bool = True) -> Ragged:
+def encode_profiles(profiles: pd.DataFrame, stamp: bool = True, score_resolution: float = 0.0) -> Ragged:
     """rta.v1.Profile bytes of each row of a frame with cdp.profiles.COLUMNS (version PROFILE_VERSION),
     byte for byte what protobuf's SerializeToString gives for cdp.profiles.to_message(row); without
     `updated_ts` (field 12) when not `stamp`."""
-    head, updated, scores = profile_fields(profiles)
+    head, updated, scores = profile_fields(profiles, score_resolution)
     return compact(*head, *([updated] if stamp else []), *scores)
 
 
-def score_entry(name: str, values) -> Padded:
+def quantize(values, resolution: float) -> np.ndarray:
+    """Each value rounded to the nearest multiple of `resolution` (0: unchanged), NaN kept: a score that moves
+    less than a step between runs keeps its exported bytes, so an incremental export need not rewrite it."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.round(v / resolution) * resolution if resolution > 0 else v
+
+
+def score_entry(name: str, values, resolution: float = 0.0) -> Padded:
     """One entry of the `scores` map (field 13, map<string, float>) per row, omitted where NaN: the
-    entry message {1: name, 2: float32} as a length-delimited field 13. Entries of several names are
-    encoded in name order, as protobuf's deterministic serialization does."""
+    entry message {1: name, 2: float32} as a length-delimited field 13, the value rounded to a multiple of
+    `resolution` (0 = as given). Entries of several names are encoded in name order, as protobuf's
+    deterministic serialization does."""
     key = name.encode()
     entry = bytes([0x0A, len(key)]) + key + b"\x15"  # field 1 (string), then field 2's tag (fixed32)
     assert len(entry) + 4 < 128 and len(key) < 128, "score names are short"
-    v = np.asarray(values, dtype=np.float64)
+    v = quantize(values, resolution)
     n = len(v)
     head = const(bytes([(13 << 3) | 2, len(entry) + 4]) + entry, n)
     value = fixed(v.astype("<f4").view(np.uint8).reshape(n, 4))

@@ -47,7 +47,7 @@ def prepare(workdir: Path, redis_url: str, people: int, seed: int) -> Artifacts:
     say(f"[simulate] {people:,} people, {sim['devices']:,} devices, {sim['rows']['traffic']:,} exposures, "
         f"{sim['rows']['conversions']:,} conversions -> {world} ({time.perf_counter() - t:.1f}s)")
     t = time.perf_counter()
-    cdp = run_cdp(world, redis_url)
+    cdp = run_cdp(world, redis_url, allow_shrink=True)  # a new world replaces whatever an earlier demo left
     exp = cdp["export"]
     say(f"[cdp]      {cdp['profiles']:,} OneID profiles ({cdp['members']:,} members) -> "
         f"{exp['keys_written']:,} device keys in Redis generation {exp['generation']}, "

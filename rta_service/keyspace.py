@@ -4,6 +4,8 @@ The decision service (store.py) reads with it and the CDP exporter writes with i
 
     {ns}:gen                  -> the live export: "{generation}:{bucket_bits}", e.g. "7:14"
     {ns}:{gen}:{bucket:x}     -> a hash of device entries, field {code}{md5 bytes} -> rta.v1.Profile
+    {ns}:export               -> the exporter's own facts about the export it made live (a hash:
+                                 generation, bucket_bits, entries, ...); readers never need it
 
 A device ID's bucket is the top `bucket_bits` bits of its MD5 (`bucket_of`), so a reader finds the
 hash from the request's ID and the live pointer alone. Hashes of a few dozen entries stay in Redis's
@@ -59,6 +61,12 @@ NOTHING = Live(0, 0)
 
 def generation_key(ns: str) -> str:
     return f"{ns}:gen"
+
+
+def export_meta_key(ns: str) -> str:
+    """The exporter's hash of facts about the live export (its device entry count, largest record and bucket),
+    so the next export can compare sizes and check a server's settings without scanning. Not a generation key."""
+    return f"{ns}:export"
 
 
 def pointer_value(generation: int, bucket_bits: int) -> str:

@@ -126,10 +126,18 @@ def _env_only() -> dict[str, Any]:
     return EnvSettingsSource(Settings)()
 
 
-def format_errors(exc: ValidationError, source: str | Path | None) -> str:
-    where = f" (file {source} and RTA_* environment)" if source else " (RTA_* environment)"
-    lines = [f"invalid settings{where}:"]
+def format_errors(exc: ValidationError, source: str | Path | None, where: str | None = None) -> str:
+    """One line per error, headed by where the values came from: `where` when given (another program's
+    settings, e.g. the CDP's file and flags), else the service's file and RTA_* environment."""
+    if where is None:
+        where = f"file {source} and RTA_* environment" if source else "RTA_* environment"
+    lines = [f"invalid settings ({where}):"]
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+        field = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if "\n" in msg:  # a list of problems that name their own place (e.g. a segments file's), one line each
+            lines.extend(f"  {line}" for line in msg.splitlines())
+            continue
+        # a check across fields has the whole mapping as its input: not worth repeating (and it may hold a salt)
+        lines.append(f"  {field}: {msg} (got {err.get('input')!r})" if field else f"  {msg}")
     return "\n".join(lines)

@@ -199,7 +199,7 @@ def _run_loop(days: int, people: int, seed: int, traffic: int | None, requests_p
         world, boot = workdir / "world", workdir / "bootstrap-world"
         meta = simulate(world, people=people, seed=seed, traffic=traffic)
         simulate(boot, people=people, seed=seed + 1000, traffic=traffic)
-        cdp = run_cdp(world, redis_url)
+        cdp = run_cdp(world, redis_url, allow_shrink=True)  # a new world replaces an earlier run's (RTA_REDIS_URL)
         reg = workdir / "registry"
         first = train(boot, workdir / "bootstrap.onnx", seed=seed)
         registry.publish(reg, workdir / "bootstrap.onnx")

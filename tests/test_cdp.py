@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import redis
 
-from cdp import engine, identity, ingest, tags
+from cdp import engine, identity, ingest, pipeline, tags
 from cdp.config import CdpConfig, load_config
-from cdp.export import export
+from cdp.export import RedisUnavailable, export
 from cdp.pipeline import read_tables, run, run_config
 from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
 from cdp.schema import OPTIONAL_COLUMNS, SCHEMAS
@@ -362,7 +362,7 @@ def test_oneids_are_stable_and_merges_and_splits_are_counted():
 
 
 def test_a_run_with_state_dir_writes_its_merges_and_splits_and_a_report_only_reads(small_world, tmp_path, capsys,
-                                                                                     redis_url):
+                                                                                     redis_url, monkeypatch):
     config = tmp_path / "cdp.yaml"
     state = tmp_path / "state"
     config.write_text(f"input: {small_world}\nstate_dir: {state}\nredis_url: {redis_url}\nnamespace: sd\n"
@@ -383,6 +383,10 @@ def test_a_run_with_state_dir_writes_its_merges_and_splits_and_a_report_only_rea
     # a run whose export fails leaves the state as the last published run wrote it
     saved = (state / "identifiers.parquet").read_bytes()
     down = load_config(config, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(RedisUnavailable):  # found before any work
+        run_config(down)
+    assert not list(state.rglob("*.pending"))
+    monkeypatch.setattr(pipeline, "check_redis", lambda *_a, **_k: {})  # as if Redis went away during the run
     with pytest.raises(redis.ConnectionError):
         run_config(down)
     assert (state / "identifiers.parquet").read_bytes() == saved
@@ -702,3 +706,69 @@ def test_a_world_from_before_stores_and_interactions_still_runs(small_world, tmp
     assert set(tagged["best_store_source"].dropna()) == {"orders", "wecom"}  # no registration stores in old worlds
     assert tagged["best_store_city"].isna().all() and not tagged["new_store_nearby"].any()
     assert tagged["wecom_chats_30d"].sum() == 0 and not tagged["in_wecom_group"].any()
+
+
+def test_cdp_run_refuses_an_empty_extract_over_a_live_store(small_world, redis_url, tmp_path, capsys):
+    """The review's incident: a devices file with only a header published 0 entries and deleted the live ones."""
+    base = ["cdp", "run", "--redis-url", redis_url, "--namespace", "guard", "--grace-s", "0"]
+    assert cli.main([*base, "--input", str(small_world)]) == 0
+    live = json.loads(capsys.readouterr().out)["export"]
+    empty = tmp_path / "world"
+    empty.mkdir()
+    for f in small_world.iterdir():
+        (empty / f.name).symlink_to(f)
+    (empty / "membership_devices.parquet").unlink()
+    pd.read_parquet(small_world / "membership_devices.parquet").iloc[:0].to_parquet(
+        empty / "membership_devices.parquet")
+    client = redis.Redis.from_url(redis_url)
+    keys = sorted(client.scan_iter(match="guard:*"))
+    assert cli.main([*base, "--input", str(empty)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert f"no device entries while the live one has {live['keys_written']:,}" in err and "--allow-shrink" in err
+    assert client.get("guard:gen") == f"1:{live['bucket_bits']}".encode()
+    assert sorted(client.scan_iter(match="guard:*")) == keys
+    assert cli.main([*base, "--input", str(empty), "--allow-shrink"]) == 0  # a deliberate emptying
+    emptied = json.loads(capsys.readouterr().out)["export"]
+    assert emptied["generation"] == 2 and emptied["keys_written"] == 0 and emptied["previous_entries"] > 0
+
+
+def test_cdp_run_checks_redis_before_any_work(small_world, tmp_path, capsys):
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"  # nobody listens there
+    assert cli.main(["cdp", "run", "--input", str(small_world), "--redis-url", url]) == 1
+    err = capsys.readouterr().err
+    assert "does not answer" in err and "before reading any input" in err and "[cdp] ingest" not in err
+    assert "secret" not in err and "Traceback" not in err
+    with pytest.raises(RedisUnavailable, match="does not answer"):  # a Cluster client fails with its own errors
+        pipeline.preflight(f"redis+cluster://127.0.0.1:{free_port()}", "rta")
+
+
+def test_cdp_run_says_the_live_export_and_its_layout_before_ingest(small_world, redis_url, capsys):
+    base = ["cdp", "run", "--input", str(small_world), "--redis-url", redis_url, "--namespace", "pre"]
+    assert cli.main(base) == 0
+    assert "nothing live in namespace 'pre' yet" in capsys.readouterr().err
+    client = redis.Redis.from_url(redis_url)
+    before = client.config_get("hash-max-ziplist-value")["hash-max-ziplist-value"]
+    client.config_set("hash-max-ziplist-value", 16)
+    try:
+        assert cli.main([*base, "--grace-s", "0"]) == 0
+    finally:
+        client.config_set("hash-max-ziplist-value", before)
+    err = capsys.readouterr().err
+    head = err.split("[cdp] ingest", 1)[0]  # said before the first stage
+    assert "live generation 1 of namespace 'pre'" in head and "(recorded)" in head
+    assert "WARNING" in head and "hash-max-listpack-value >=" in head
+
+
+def test_a_cdp_settings_error_does_not_blame_the_environment(tmp_path):
+    with pytest.raises(SettingsError) as err:
+        load_config(input=tmp_path, export_mode="incremental")
+    assert "RTA_" not in str(err.value) and "(command-line flags)" in str(err.value)
+    assert "--state-dir" in str(err.value) and "Value error" not in str(err.value)
+    config = tmp_path / "cdp.yaml"
+    config.write_text("input: /x\nmax_shrink: 2\npredictive: {export_resolution: -1}\n")
+    with pytest.raises(SettingsError) as err:
+        load_config(config)
+    text = str(err.value)
+    assert f"(file {config}):" in text and "RTA_" not in text
+    assert "max_shrink" in text and "predictive.export_resolution" in text

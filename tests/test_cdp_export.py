@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from cdp import wire
-from cdp.export import Pacer, export
+from cdp.export import Pacer, ShrinkRefused, export
 from cdp.profiles import COLUMNS, to_message
 from rta.v1 import decision_pb2 as pb
 from rta_service import keyspace
@@ -170,3 +170,86 @@ def test_incremental_export_writes_only_what_changed(redis_url, tmp_path):
     fourth = export(client, changed, new_index, ns="i", mode="incremental", state_dir=state)
     assert fourth["mode"] == "full" and "not the one the state describes" in fourth["full_because"]
     assert fourth["generation"] == 10
+
+
+def _live_entries(client, ns: str) -> int:
+    gen = keyspace.parse_pointer(client.get(f"{ns}:gen")).generation
+    return sum(client.hlen(k) for k in client.scan_iter(match=f"{ns}:{gen}:*", count=1000))
+
+
+def test_an_export_that_would_empty_or_shrink_the_live_store_is_refused_before_writing(redis_url, tmp_path):
+    profiles, index = people(1000)
+    client = redis.Redis.from_url(redis_url)
+    state = tmp_path / "state"
+    first = export(client, profiles, index, ns="s", mode="incremental", state_dir=state)
+    assert first["previous_entries"] == 0 and first["generation"] == 1  # a first export: nothing to shrink
+    assert client.hgetall("s:export")[b"entries"] == str(len(index)).encode()
+    digests_before = (state / "export_digests.parquet").read_bytes()
+    keys_before = sorted(client.scan_iter(match="s:*", count=1000))
+    empty = index.iloc[:0]
+    truncated = index.iloc[: len(index) * 4 // 10]  # 60% fewer device entries
+    for frame, mode, why in ((empty, "full", "no device entries while the live one has"),
+                             (empty, "incremental", "no device entries"),
+                             (truncated, "full", "60% fewer than the live one's"),
+                             (truncated, "incremental", "60% fewer")):
+        with pytest.raises(ShrinkRefused, match=why) as refused:
+            export(client, profiles, frame, ns="s", mode=mode, state_dir=state)
+        assert "generation 1 stays live" in str(refused.value) and "--allow-shrink" in str(refused.value)
+        assert ("larger max_shrink" in str(refused.value)) == (len(frame) > 0)  # only the override empties it
+        # nothing written: the same keys, the same live entries, the same state
+        assert client.get("s:gen") == b"1:%d" % first["bucket_bits"] and _live_entries(client, "s") == len(index)
+        assert sorted(client.scan_iter(match="s:*", count=1000)) == keys_before
+        assert (state / "export_digests.parquet").read_bytes() == digests_before
+    # max_shrink 1 lets any shrink through but an emptying one; without the recorded count it is counted
+    client.delete("s:export")
+    with pytest.raises(ShrinkRefused, match="no device entries"):
+        export(client, profiles, empty, ns="s", max_shrink=1)
+    assert export(client, profiles, index.iloc[:990], ns="s", max_shrink=0.5)["previous_entries_from"] == "counted"
+    smaller = export(client, profiles, truncated, ns="s", max_shrink=1)
+    assert smaller["previous_entries"] == 990 and smaller["previous_entries_from"] == "recorded"
+    assert _live_entries(client, "s") == len(truncated)
+    # a deliberate emptying, with the override
+    emptied = export(client, profiles, empty, ns="s", allow_shrink=True)
+    assert emptied["keys_written"] == 0 and _live_entries(client, "s") == 0
+    assert client.hgetall("s:export")[b"entries"] == b"0"
+    assert export(client, profiles, empty, ns="fresh")["generation"] == 1  # an empty namespace may get nothing
+
+
+def test_an_incremental_export_records_the_new_count_and_a_crash_leaves_none(redis_url, tmp_path):
+    profiles, index = people(500)
+    client = redis.Redis.from_url(redis_url)
+    state = tmp_path / "state"
+    export(client, profiles, index, ns="c", mode="incremental", state_dir=state)
+    second = export(client, profiles, index.iloc[:450], ns="c", mode="incremental", state_dir=state)
+    assert second["mode"] == "incremental" and second["keys_deleted"] == len(index) - 450
+    meta = {k.decode(): int(v) for k, v in client.hgetall("c:export").items()}
+    assert meta["entries"] == 450 == _live_entries(client, "c") and meta["generation"] == 1
+    assert meta["largest_bucket"] == max(client.hlen(k) for k in client.scan_iter(match="c:1:*"))
+    client.hdel("c:export", "entries")  # as an incremental run that crashed mid-way leaves it
+    assert export(client, profiles, index.iloc[:450], ns="c")["previous_entries_from"] == "counted"
+
+
+def test_scores_are_exported_at_their_resolution_so_small_moves_are_not_rewritten(redis_url, tmp_path):
+    profiles, index = people(800)
+    rng = np.random.default_rng(4)
+    scores = np.where(rng.random(len(profiles)) < 0.7, rng.random(len(profiles)) * 0.3, np.nan)
+    scored = profiles.assign(score_p_first_purchase=scores)
+    rounded = scored.assign(score_p_first_purchase=np.round(scores / 0.01) * 0.01)
+    expected = [to_message(row).SerializeToString(deterministic=True) for row in rounded.itertuples(index=False)]
+    assert wire.encode_profiles(scored, score_resolution=0.01).to_list() == expected
+    # a retrained model moves every score a little (here by < 0.001, never across a step's midpoint)
+    centre = np.round(scores / 0.01) * 0.01
+    nudged = scored.assign(score_p_first_purchase=centre + (scores - centre) * 0.5 + 0.0004)
+    client = redis.Redis.from_url(redis_url)
+    for resolution, ns in ((0.01, "r1"), (0.0, "r0")):
+        state = tmp_path / ns
+        export(client, scored, index, ns=ns, mode="incremental", state_dir=state, score_resolution=resolution)
+        again = export(client, nudged, index, ns=ns, mode="incremental", state_dir=state,
+                       score_resolution=resolution)
+        with_score = int(index["one_id"].isin(profiles["one_id"][~np.isnan(scores)]).sum())
+        assert again["changed"] == (0 if resolution else with_score), resolution
+    stored = read_profiles(redis_url, "r1", list(zip(index["id_type"], index["md5"], strict=True)))
+    by_one = rounded.set_index("one_id")["score_p_first_purchase"]
+    for s in stored:
+        if not np.isnan(by_one[s.one_id]):
+            assert s.scores["p_first_purchase"] == np.float32(by_one[s.one_id])

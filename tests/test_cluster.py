@@ -59,7 +59,7 @@ def test_ids_on_different_nodes_are_found(cluster, service):
 
 
 def test_cdp_exports_to_a_cluster(cluster, tmp_path):
-    from cdp.export import connect, export  # noqa: PLC0415
+    from cdp.export import ShrinkRefused, connect, export, live_entries, preflight  # noqa: PLC0415
 
     nodes, client = cluster
     url = f"redis+cluster://127.0.0.1:{nodes[1].port}"
@@ -82,4 +82,10 @@ def test_cdp_exports_to_a_cluster(cluster, tmp_path):
     assert third["generation"] == 2 and third["keys_deleted"] == first["buckets"]
     assert not any(client.exists(k) for k in buckets)
     assert read_profiles(url, "cx", ids[:1])[0].order_count == changed.loc[0, "order_count"]
+    # the size guard and the check before a run, across the nodes: recorded, then counted bucket by bucket
+    assert preflight(url, "cx")["live_entries"] == len(index) and third["previous_entries_from"] == "recorded"
+    client.delete(keyspace.export_meta_key("cx"))
+    assert live_entries(exporter, "cx", keyspace.Live(2, third["bucket_bits"])) == (len(index), "counted")
+    with pytest.raises(ShrinkRefused, match="no device entries"):
+        export(exporter, changed, index.iloc[:0], ns="cx")
     exporter.close()
