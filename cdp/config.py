@@ -10,13 +10,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rta_service.settings import SettingsError, format_errors
 
 from .identity import DEFAULT_CAPS
 
 IdentifierKind = Literal["phone", "unionid", "member", "wecom", "buyer", "openid", "dev"]
+# `kind:value`, as ClusterTooLarge names them; buyer and openid values are per channel, device IDs per type code
+_KEY_PARTS = {"phone": 2, "unionid": 2, "member": 2, "wecom": 2, "buyer": 3, "openid": 3, "dev": 3}
+
+
+def _identifier_key(key: str) -> str:
+    kind = key.split(":", 1)[0]
+    parts = key.split(":", _KEY_PARTS.get(kind, 2) - 1)
+    if kind not in _KEY_PARTS or len(parts) < _KEY_PARTS[kind] or not all(parts):
+        raise ValueError(f"{key!r} is not an identifier key: expected `kind:value` with kind one of "
+                         f"{', '.join(_KEY_PARTS)} (`buyer:{{channel}}:value`, `openid:{{channel}}:value`, "
+                         "`dev:{type code}:md5`), as ClusterTooLarge prints it")
+    return key
+
+
+IdentifierKey = Annotated[str, AfterValidator(_identifier_key)]
 
 
 class PredictiveConfig(BaseModel):
@@ -47,6 +62,8 @@ class CdpConfig(BaseModel):
     # most distinct values of an identifier kind one person may hold; the excess stop linking (docs/cdp.md)
     identifier_caps: dict[IdentifierKind, Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: dict(DEFAULT_CAPS))
+    # identifier values that never link anyone, like the built-in junk values (docs/cdp.md, OneID)
+    blocked_identifiers: list[IdentifierKey] = Field(default_factory=list)
     predictive: PredictiveConfig = Field(default_factory=PredictiveConfig)  # predictive tags (cdp/predictive.py)
     redis_url: str = "redis://127.0.0.1:6379/0"
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "rta"

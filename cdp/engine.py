@@ -110,7 +110,7 @@ def materialize(expr: ir.Table) -> ir.Table:
     DuckDB: a temporary table (Table.cache). Spark: a local checkpoint, which also cuts the lineage,
     so an iterative job's plans stay small (Spark's cache keeps the whole lineage to analyse each round).
     """
-    con = expr._find_backend()
+    con = expr._find_backend(use_default=True)  # memtables only (tests): ibis's default DuckDB
     if con.name != "pyspark":
         return expr.cache()
     name = f"rta_checkpoint_{next(_checkpoint_ids)}"
@@ -122,7 +122,7 @@ def materialize(expr: ir.Table) -> ir.Table:
 
 def release(table: ir.Table) -> None:
     """Free what materialize() holds for `table`."""
-    con = table._find_backend()
+    con = table._find_backend(use_default=True)
     if con.name != "pyspark":
         table.release()
         return
