@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import ibis
@@ -468,6 +469,32 @@ def test_a_run_with_state_dir_writes_its_merges_and_splits_and_a_report_only_rea
         run_config(down)
     assert (state / "identifiers.parquet").read_bytes() == saved
     assert not (state / "oneid_changes").exists()
+
+
+def test_a_backfilled_account_keeps_its_persons_oneid_through_a_run_with_state_dir(small_world, tmp_path, redis_url):
+    """The new-user review's case end to end: an account older than any of a person's, carrying their phone
+    hash, used to rename the person with nothing logged."""
+    world = tmp_path / "world"
+    shutil.copytree(small_world, world)
+    cfg = load_config(None, input=world, state_dir=tmp_path / "state", work_dir=tmp_path / "work",
+                      redis_url=redis_url, namespace="bf", grace_s=0, predictive={"enabled": False})
+    run_config(cfg)
+    before = pd.read_parquet(tmp_path / "state" / "identifiers.parquet").set_index("key")["one_id"]
+    members = pd.read_parquet(world / "memberships.parquet")
+    person = members[members["phone_hash"].notna()].iloc[0]
+    key = f"phone:{person['phone_hash']}"
+    backfill = {**{c: None for c in members.columns}, "record_id": "r-backfill", "channel": "store",
+                "created_ts": int(members["created_ts"].min()) - 86400, "is_member": True,
+                "phone_hash": person["phone_hash"]}
+    pd.concat([members, pd.DataFrame([backfill])], ignore_index=True).to_parquet(world / "memberships.parquet")
+    assert identity.one_id(key) != before[key]  # without the last run's map the person would be renamed
+    summary = run_config(cfg)
+    assert summary["oneid_changes"] == {"kept": before.nunique(), "merged": 0, "split": 0, "renamed": 0, "new": 0}
+    after = pd.read_parquet(tmp_path / "state" / "identifiers.parquet").set_index("key")["one_id"]
+    assert after[key] == before[key] and after.loc[before.index].equals(before)
+    tagged = pd.read_parquet(tmp_path / "work" / "tags.parquet")  # what the export reads carries the kept id
+    assert before[key] in set(tagged["one_id"]) and identity.one_id(key) not in set(tagged["one_id"])
+    assert not (tmp_path / "state" / "oneid_changes").exists()
 
 
 # --- tags and segments ----------------------------------------------------------------------------------------
