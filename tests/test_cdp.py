@@ -18,7 +18,7 @@ import redis
 from cdp import engine, identity, ingest, tags
 from cdp.config import CdpConfig, load_config
 from cdp.export import export
-from cdp.pipeline import read_tables, run, run_config
+from cdp.pipeline import read_tables, report, run, run_config
 from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
 from cdp.schema import OPTIONAL_COLUMNS, SCHEMAS
 from rta.v1 import decision_pb2 as pb
@@ -348,6 +348,17 @@ def test_blocked_identifiers_are_validated_and_reach_the_oneid_stage(tmp_path):
     with pytest.raises(SettingsError) as err:
         load_config(None, input=tmp_path, blocked_identifiers=["abc", "phone:", "buyer:b1", "email:x"])
     assert [f"blocked_identifiers.{i}" in str(err.value) for i in range(4)] == [True] * 4
+    # a run fails on the junk value's cluster, names it, and passes once it is blocked
+    world = tmp_path / "world"
+    world.mkdir()
+    accounts = [account(f"a{i}", phone="5d41402abc4b2a76b9719d911017c592") for i in range(5)]
+    for name, frame in world_tables(accounts=accounts).items():
+        frame.to_parquet(world / f"{name}.parquet")
+    settings = {"input": world, "as_of": AS_OF, "max_cluster_size": 4, "predictive": {"enabled": False}}
+    with pytest.raises(identity.ClusterTooLarge, match="'phone:5d41402abc4b2a76b9719d911017c592' "):
+        report(load_config(None, **settings))
+    out = report(load_config(None, **settings, blocked_identifiers=["phone:5d41402abc4b2a76b9719d911017c592"]))
+    assert out["tags"]["lifecycle"] == {"0": 5}  # five people without orders, not one
 
 
 def identifiers_of(accounts, previous=None) -> pd.DataFrame:
