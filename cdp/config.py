@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from rta_service.settings import SettingsError, format_errors
@@ -19,6 +28,21 @@ from . import tags
 from .identity import DEFAULT_CAPS
 
 IdentifierKind = Literal["phone", "unionid", "member", "wecom", "buyer", "openid", "dev"]
+# `kind:value`, as ClusterTooLarge names them; buyer and openid values are per channel, device IDs per type code
+_KEY_PARTS = {"phone": 2, "unionid": 2, "member": 2, "wecom": 2, "buyer": 3, "openid": 3, "dev": 3}
+
+
+def _identifier_key(key: str) -> str:
+    kind = key.split(":", 1)[0]
+    parts = key.split(":", _KEY_PARTS.get(kind, 2) - 1)
+    if kind not in _KEY_PARTS or len(parts) < _KEY_PARTS[kind] or not all(parts):
+        raise ValueError(f"{key!r} is not an identifier key: expected `kind:value` with kind one of "
+                         f"{', '.join(_KEY_PARTS)} (`buyer:{{channel}}:value`, `openid:{{channel}}:value`, "
+                         "`dev:{type code}:md5`), as ClusterTooLarge prints it")
+    return key
+
+
+IdentifierKey = Annotated[str, AfterValidator(_identifier_key)]
 
 
 class PredictiveConfig(BaseModel):
@@ -46,11 +70,13 @@ class CdpConfig(BaseModel):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     phone_salt: str | None = None  # when set, raw phone numbers are salted and hashed; else such rows are rejected
     work_dir: Path | None = None  # validated tables, rejects.csv, tags.parquet; default: a temp dir removed at exit
-    state_dir: Path | None = None  # keeps the last run's identifier -> OneID map to report merges and splits
+    state_dir: Path | None = None  # the last run's identifier -> OneID map: OneIDs carried over, changes logged
     max_cluster_size: Annotated[int, Field(ge=2)] = 200  # records in one OneID; past it the run fails
     # most distinct values of an identifier kind one person may hold; the excess stop linking (docs/cdp.md)
     identifier_caps: dict[IdentifierKind, Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: dict(DEFAULT_CAPS))
+    # identifier values that never link anyone, like the built-in junk values (docs/cdp.md, OneID)
+    blocked_identifiers: list[IdentifierKey] = Field(default_factory=list)
     predictive: PredictiveConfig = Field(default_factory=PredictiveConfig)  # predictive tags (cdp/predictive.py)
     # YAML segments over tags (cdp/tags.py), checked here against the tags' types; after `predictive`, whose
     # score tags they may use

@@ -112,9 +112,9 @@ def materialize(expr: ir.Table) -> ir.Table:
     An unbound expression (built on `ibis.table(schema)` to learn its columns, e.g. cdp.tags.tag_schema) has
     nothing to compute and is returned as it is.
     """
-    if not expr._find_backends()[0]:
+    if expr._find_backends()[1]:  # an unbound table somewhere: nothing to compute
         return expr
-    con = expr._find_backend()
+    con = expr._find_backend(use_default=True)  # memtables only (tests): ibis's default DuckDB
     if con.name != "pyspark":
         return expr.cache()
     name = f"rta_checkpoint_{next(_checkpoint_ids)}"
@@ -126,7 +126,7 @@ def materialize(expr: ir.Table) -> ir.Table:
 
 def release(table: ir.Table) -> None:
     """Free what materialize() holds for `table`."""
-    con = table._find_backend()
+    con = table._find_backend(use_default=True)
     if con.name != "pyspark":
         table.release()
         return

@@ -12,6 +12,8 @@ identifiers, then labels jump to their label's label (pointer jumping, so long c
 log rounds). Each round is a few joins and group-bys materialised with `engine.materialize`: no recursive
 SQL, so it runs the same on DuckDB and Spark. A cluster's OneID is a hash of its earliest identifier
 (ties: the smallest key), so it does not depend on input order and survives later records joining.
+Given the last run's [key, one_id] map (`previous`), a cluster instead inherits the previous OneID most
+of its identifiers held, so backfilled older records, merges and splits do not rename people (inherit()).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class ClusterTooLarge(RuntimeError):
     """A cluster grew past the configured size: almost always a junk identifier shared by strangers."""
 
 
+SHARED_SHOWN = 3  # identifier values ClusterTooLarge names
+
+
 # "dev" caps each device ID type (IMEI, OAID, IDFA, ...) separately.
 DEFAULT_CAPS = (("phone", 2), ("unionid", 2), ("member", 6), ("wecom", 8), ("buyer", 6), ("openid", 6), ("dev", 6))
 
@@ -72,12 +77,24 @@ class Guardrails:
     # ones stop linking anyone; clustering then runs once more without them.
     caps: tuple[tuple[str, int], ...] = DEFAULT_CAPS
 
-    def check(self, sizes: ir.Table) -> None:
-        biggest = sizes.order_by(ibis.desc("size")).limit(3).to_pyarrow().to_pylist()
-        if biggest and biggest[0]["size"] > self.max_cluster_size:
-            raise ClusterTooLarge(f"a cluster of {biggest[0]['size']} records exceeds max_cluster_size "
-                                  f"{self.max_cluster_size} (largest: {[b['size'] for b in biggest]}); "
-                                  "block the identifier value that joins them")
+    # identifier keys (`kind:value`, as edges() builds them) that never link anyone, like BLOCKED_VALUES
+    blocked: tuple[str, ...] = ()
+
+    def check(self, sizes: ir.Table, ids: ir.Table, e: ir.Table) -> None:
+        """Raise ClusterTooLarge naming the values most shared within the largest cluster past
+        max_cluster_size, from sizes [one_id, size], the identifiers [key, one_id] and edges [node, key]."""
+        biggest = sizes.order_by([ibis.desc("size"), "one_id"]).limit(3).to_pyarrow().to_pylist()
+        if not biggest or biggest[0]["size"] <= self.max_cluster_size:
+            return
+        keys = ids.filter(ids.one_id == biggest[0]["one_id"]).select("key")
+        held = e.join(keys, "key", how="semi").select("key", "node").distinct()
+        shared = held.group_by("key").agg(n=ibis._.count()).filter(ibis._.n > 1).order_by([ibis.desc("n"), "key"])
+        top = shared.limit(SHARED_SHOWN).to_pyarrow().to_pylist()
+        named = ", ".join(f"{r['key']!r} (held by {r['n']} records)" for r in top)
+        raise ClusterTooLarge(f"a cluster of {biggest[0]['size']} records exceeds max_cluster_size "
+                              f"{self.max_cluster_size} (largest: {[b['size'] for b in biggest]}); its most "
+                              f"shared identifier values: {named}; if one is junk, add it to "
+                              "blocked_identifiers")
 
 
 DEFAULT_GUARDRAILS = Guardrails()
@@ -108,9 +125,9 @@ def records(tables: dict[str, ir.Table]) -> ir.Table:
     return parts[0].union(parts[1])
 
 
-def edges(tables: dict[str, ir.Table]) -> ir.Table:
+def edges(tables: dict[str, ir.Table], blocked: tuple[str, ...] = ()) -> ir.Table:
     """[node, key, kind, ts]: a row per usable (record, identifier) pair (more if input rows repeat); kind is
-    the key's cap kind (`phone`, ..., `dev:{code}`)."""
+    the key's cap kind (`phone`, ..., `dev:{code}`). Keys in `blocked` are not usable."""
     parts = []
     for name, columns in IDENTIFIER_COLUMNS.items():
         t = tables[name]
@@ -130,6 +147,8 @@ def edges(tables: dict[str, ir.Table]) -> ir.Table:
     out = parts[0]
     for part in parts[1:]:
         out = out.union(part, distinct=False)
+    if blocked:
+        out = out.filter(out.key.notin(sorted(set(blocked))))
     return out  # a repeated input row repeats its edges: _clusters counts records, not rows
 
 
@@ -255,9 +274,12 @@ class Resolution:
             release(t)
 
 
-def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDRAILS) -> Resolution:
-    """Cluster the records of `tables` (Ibis tables of memberships, membership_devices, wecom)."""
-    e = edges(tables).pipe(materialize)
+def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDRAILS,
+            previous: ir.Table | None = None) -> Resolution:
+    """Cluster the records of `tables` (Ibis tables of memberships, membership_devices, wecom). With
+    `previous`, the last run's identifiers [key, one_id] on the same backend, clusters inherit its OneIDs
+    (inherit()); without, every cluster is named after its earliest identifier."""
+    e = edges(tables, guardrails.blocked).pipe(materialize)
     nodes, keys, rounds = _clusters(e)
     capped = over_cap(keys, dict(guardrails.caps), e).pipe(materialize) if guardrails.caps else None
     dropped = int(capped.count().to_pyarrow().as_py()) if capped is not None else 0
@@ -270,8 +292,11 @@ def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDR
     if capped is not None:
         release(capped)
     # A cluster is named after its earliest identifier, held by its root (the node whose nid is the label).
-    names = nodes.filter(nodes.nid == nodes.label).select("label", one_id=one_id_expr(nodes.first_key))
-    names = names.pipe(materialize)
+    roots = nodes.filter(nodes.nid == nodes.label)
+    if previous is None:
+        names = roots.select("label", one_id=one_id_expr(roots.first_key)).pipe(materialize)
+    else:
+        names = inherit(roots.select("label", "first_key", one_id=one_id_expr(roots.first_key)), keys, previous)
     ids = keys.join(names, "label").select("key", "one_id").pipe(materialize)
     # A record without usable identifiers is a cluster of its own, named after itself.
     rec = records(tables).left_join(nodes.select("node", "label"), "node")
@@ -283,55 +308,121 @@ def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDR
     lonely = one_id_expr("record:" + rec.table + ":" + rec.record_id)  # a CASE hashes only the rows without
     rec = rec.select("table", "record_id", one_id=ibis.cases((rec.one_id.isnull(), lonely), else_=rec.one_id),
                      component=component.cast("int64")).pipe(materialize)
-    for done in (nodes, keys, names, e, *(() if components is None else (components,))):
-        release(done)
     sizes = rec.group_by("one_id").agg(size=ibis._.count())
-    guardrails.check(sizes)
+    try:
+        guardrails.check(sizes, ids, e)
+    finally:
+        for done in (nodes, keys, names, e, *(() if components is None else (components,))):
+            release(done)
     return Resolution(rec, ids, rounds, sizes)
 
 
-def resolve_frames(tables: dict[str, pd.DataFrame], con=None,
-                   guardrails: Guardrails = DEFAULT_GUARDRAILS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """resolve() for in-memory frames: (records[table, record_id, one_id], identifiers[key, one_id])."""
+MAX_RENAMES = 8  # rounds of inherit()'s clash repair; each is needed only if the one before clashed
+
+
+def inherit(names: ir.Table, keys: ir.Table, previous: ir.Table) -> ir.Table:
+    """[label, one_id]: the OneID of each cluster, carried over from the last run where it can be.
+
+    `names` [label, first_key, one_id] holds each cluster's derived id (from its earliest identifier), `keys`
+    [key, label] its identifiers, `previous` [key, one_id] the last run's map. A cluster inherits the previous
+    OneID most of its identifiers held (ties: the smallest OneID) when that OneID's identifiers are also
+    mostly in this cluster (ties: the smallest label); so each previous OneID goes to at most one cluster, on a
+    split to the part holding most of it. Every other cluster keeps its derived id, unless another cluster
+    inherited that very id (e.g. the smaller part of a split, holding the earliest identifier): then the id is
+    rehashed as `first_key#1` (`#2`, ... in the unlikely case that clashes again). All joins in the engine.
+    """
+    votes = keys.join(previous.select("key", old="one_id"), "key").group_by(["label", "old"]).agg(n=ibis._.count())
+    votes = votes.pipe(materialize)
+    by_cluster = ibis.row_number().over(group_by="label", order_by=[ibis.desc("n"), "old"])
+    by_old = ibis.row_number().over(group_by="old", order_by=[ibis.desc("n"), "label"])
+    won = votes.mutate(c=by_cluster, o=by_old).filter((ibis._.c == 0) & (ibis._.o == 0)).select("label", "old")
+    named = names.left_join(won, "label")
+    named = named.select("label", "first_key", inherited=named.old.notnull(),
+                         one_id=ibis.coalesce(named.old, named.one_id)).pipe(materialize)
+    release(votes)
+    for attempt in range(1, MAX_RENAMES + 1):
+        dup = named.group_by("one_id").agg(n=ibis._.count()).filter(ibis._.n > 1).select("one_id")
+        clash = named.filter(~named.inherited).join(dup, "one_id", how="semi")
+        clash = clash.select("label", fix=one_id_expr(clash.first_key + f"#{attempt}")).pipe(materialize)
+        clashes = int(clash.count().to_pyarrow().as_py())
+        if not clashes:
+            out = named.select("label", "one_id").pipe(materialize)
+            for done in (named, clash):
+                release(done)
+            return out
+        log.info("%d clusters' derived OneIDs are held by others; rehashed with #%d", clashes, attempt)
+        fixed = named.left_join(clash, "label")
+        fixed = fixed.select("label", "first_key", "inherited", one_id=ibis.coalesce(fixed.fix, fixed.one_id))
+        fixed = fixed.pipe(materialize)
+        for done in (named, clash):
+            release(done)
+        named = fixed
+    raise RuntimeError(f"OneIDs still clash after {MAX_RENAMES} renames")
+
+
+def resolve_frames(tables: dict[str, pd.DataFrame], con=None, guardrails: Guardrails = DEFAULT_GUARDRAILS,
+                   previous: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """resolve() for in-memory frames: (records[table, record_id, one_id], identifiers[key, one_id]), with
+    OneIDs carried over from `previous` [key, one_id] when given."""
     con = con or engine.connect()
     needed = {name: tables[name] for name in ("memberships", "membership_devices", "wecom")}
-    res = resolve(ingest.register(con, needed), guardrails)
+    prev = ibis.memtable(previous[["key", "one_id"]]) if previous is not None else None
+    res = resolve(ingest.register(con, needed), guardrails, prev)
     out = res.records.to_pandas(), res.identifiers.to_pandas()
     res.release()
     return out
 
 
-def change_log(previous: ir.Table, current: ir.Table) -> ir.Table:
-    """[change, old_one_id, new_one_id]: one row per OneID pair of a merge (2+ previous OneIDs whose
-    keys now share one current OneID) or a split (a previous OneID whose keys now have 2+ current ones),
-    from two runs' [key, one_id] maps. A OneID that merely kept its keys (or gained new ones) is absent."""
+def _pairs(previous: ir.Table, current: ir.Table) -> ir.Table:
+    """[old, new, n_in, n_out]: the distinct (previous OneID, current OneID) pairs of the keys in both maps;
+    n_in: previous OneIDs whose keys the current one holds, n_out: current OneIDs holding the previous one's."""
     both = previous.select("key", old="one_id").join(current.select("key", new="one_id"), "key")
     both = both.select("old", "new").distinct()
-    fan_in = both.group_by("new").agg(n=ibis._.old.nunique()).filter(ibis._.n > 1).select("new")
-    fan_out = both.group_by("old").agg(n=ibis._.new.nunique()).filter(ibis._.n > 1).select("old")
-    merges = both.join(fan_in, "new", how="semi").select(change=ibis.literal("merge"), old_one_id="old",
-                                                          new_one_id="new")
-    splits = both.join(fan_out, "old", how="semi").select(change=ibis.literal("split"), old_one_id="old",
-                                                           new_one_id="new")
-    return merges.union(splits, distinct=False)
+    fan_in = both.group_by("new").agg(n_in=ibis._.count())
+    fan_out = both.group_by("old").agg(n_out=ibis._.count())
+    return both.join(fan_in, "new").join(fan_out, "old").select("old", "new", "n_in", "n_out")
+
+
+def _moved(pairs: ir.Table) -> ir.Table:
+    """[change, old_one_id, new_one_id] of _pairs(): merge (a previous OneID's keys went to a current OneID
+    that also holds another previous OneID's, under the other's id), split (a previous OneID's keys went to
+    2+ current OneIDs: one row per part that does not carry the old id), rename (all of a previous OneID's keys,
+    and only they, now have another id). A pair that is both a merge and a split is listed as both."""
+    moved = pairs.filter(pairs.old != pairs.new)
+    kinds = [("merge", moved.n_in > 1), ("split", moved.n_out > 1), ("rename", (moved.n_in == 1) & (moved.n_out == 1))]
+    parts = [moved.filter(cond).select(change=ibis.literal(kind), old_one_id="old", new_one_id="new")
+             for kind, cond in kinds]
+    return parts[0].union(parts[1], distinct=False).union(parts[2], distinct=False)
+
+
+def change_log(previous: ir.Table, current: ir.Table) -> ir.Table:
+    """[change, old_one_id, new_one_id]: every merge, split and rename between two runs' [key, one_id] maps
+    (see _moved). A OneID that kept its keys (or gained new ones) under its id is absent."""
+    return _moved(_pairs(previous, current))
 
 
 def changes(previous: ir.Table, current: ir.Table) -> dict[str, int]:
-    """How OneIDs moved between two runs' [key, one_id] maps (keys present in both runs).
+    """compare()'s counts."""
+    return compare(previous, current)[0]
 
-    kept: previous OneIDs still in use; merged: current OneIDs that took the keys of 2+ previous ones;
-    split: previous OneIDs whose keys now belong to 2+ current ones. OneIDs without a usable identifier
-    (a record named after itself) are in neither map and not counted.
+
+def compare(previous: ir.Table, current: ir.Table) -> tuple[dict[str, int], pd.DataFrame]:
+    """(counts, log): how OneIDs moved between two runs' [key, one_id] maps (keys present in both runs), and
+    change_log() as a frame sorted by (change, old_one_id, new_one_id).
+
+    kept: previous OneIDs still in use for some of their keys; merged: previous OneIDs some of whose keys
+    now sit under another previous person's id; split: previous OneIDs whose keys now belong to 2+ current
+    ones; renamed: previous OneIDs whose keys all moved to one new id of their own; new: current OneIDs that
+    are not a kept previous one. OneIDs without a usable identifier (a record named after itself) are in
+    neither map and not counted.
     """
-    prev = previous.select("key", old="one_id")
-    both = prev.join(current.select("key", new="one_id"), "key").select("old", "new").distinct()
-    fan_in = both.group_by("new").agg(n=ibis._.old.nunique())
-    fan_out = both.group_by("old").agg(n=ibis._.new.nunique())
-    kept = both.filter(both.old == both.new).select("old").distinct()
-
-    def count(t: ir.Table) -> int:
-        return int(t.count().to_pyarrow().as_py())
-
-    return {"kept": count(kept), "merged": count(fan_in.filter(fan_in.n > 1)),
-            "split": count(fan_out.filter(fan_out.n > 1)),
-            "new": count(current.select("one_id").distinct()) - count(kept)}
+    pairs = _pairs(previous, current).pipe(materialize)
+    log_frame = _moved(pairs).to_pandas().sort_values(["change", "old_one_id", "new_one_id"], ignore_index=True)
+    kept = int(pairs.filter(pairs.old == pairs.new).select("old").distinct().count().to_pyarrow().as_py())
+    split = int(pairs.filter(pairs.n_out > 1).select("old").distinct().count().to_pyarrow().as_py())
+    current_ids = int(current.select("one_id").distinct().count().to_pyarrow().as_py())
+    release(pairs)
+    moved_olds = log_frame.groupby("change")["old_one_id"].nunique()
+    counts = {"kept": kept, "merged": int(moved_olds.get("merge", 0)), "split": split,
+              "renamed": int(moved_olds.get("rename", 0)), "new": current_ids - kept}
+    return counts, log_frame

@@ -23,7 +23,7 @@ from . import engine, ingest, predictive, validate
 from .config import CdpConfig
 from .engine import release
 from .export import connect, export, preflight
-from .identity import Guardrails, change_log, changes
+from .identity import Guardrails, compare
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, segment_sizes
@@ -130,10 +130,12 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']}){notes}")
     con = engine.connect(cfg.engine, **cfg.engine_options)
     tables = ingest.read_parquet(con, work)
-    guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()))
-    profiles, index, res = profile_tables(tables, as_of, built_ts, guardrails, tags=True, stage=stages.done)
+    guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()), tuple(cfg.blocked_identifiers))
+    previous = last_run_identifiers(con, cfg.state_dir)
+    profiles, index, res = profile_tables(tables, as_of, built_ts, guardrails, tags=True, stage=stages.done,
+                                          previous=previous)
     if cfg.state_dir:
-        stages.oneid_changes = _compare_with_last_run(con, cfg.state_dir, res, save_state)
+        stages.oneid_changes = _compare_with_last_run(cfg.state_dir, previous, res, save_state)
         stages.done("changes", f"OneIDs vs last run: {stages.oneid_changes}" if stages.oneid_changes
                     else f"no earlier run in {cfg.state_dir}")
     base_tags = res.tags  # materialised by profile_tables; released once written to tags.parquet
@@ -166,34 +168,36 @@ def _distribution(t, column: str) -> dict[str, int]:
     return {str(r[column]): int(r["n"]) for r in sorted(rows, key=lambda r: str(r[column]))}
 
 
-CHANGES_DIR = "oneid_changes"  # one Parquet file of merges and splits per run, named by its start time
+CHANGES_DIR = "oneid_changes"  # a Parquet file of merges, splits and renames per run that had any, named by time
 
 
 PENDING = ".pending"  # this run's state files, renamed into place once its export has succeeded
 
 
-def _compare_with_last_run(con, state_dir: Path, res, save: bool = True) -> dict | None:
-    """Merges and splits against the map saved by the last published run in state_dir (counted, and with
-    `save` each one written to `{state_dir}/oneid_changes/{time}.parquet` and this run's map saved, both as
-    pending files that `commit_state` puts in place after the export: a run whose export fails leaves the
-    state as it was)."""
+def last_run_identifiers(con, state_dir: Path | None):
+    """The [key, one_id] map the last published run left in state_dir, on `con`; None without one."""
+    path = Path(state_dir) / IDENTIFIERS_FILE if state_dir else None
+    return con.read_parquet(str(path)).select("key", "one_id") if path and path.exists() else None
+
+
+def _compare_with_last_run(state_dir: Path, previous, res, save: bool = True) -> dict | None:
+    """Merges, splits and renames against the last published run's map `previous` (None: no earlier run),
+    counted; with `save` and any change, each one written to `{state_dir}/oneid_changes/{time}.parquet`, and
+    this run's map saved, both as pending files that `commit_state` puts in place after the export: a run
+    whose export fails leaves the state as it was."""
     state_dir = Path(state_dir)
-    path = state_dir / IDENTIFIERS_FILE
-    moved = None
-    if path.exists():
-        previous = con.read_parquet(str(path))
-        moved = changes(previous, res.identifiers)
+    moved = log_frame = None
+    if previous is not None:
+        moved, log_frame = compare(previous, res.identifiers)
     if not save:
         return moved
     for stale in state_dir.rglob(f"*{PENDING}"):  # left by a run whose export failed
         stale.unlink()
-    if moved is not None:
+    if log_frame is not None and len(log_frame):
         log_dir = state_dir / CHANGES_DIR
         log_dir.mkdir(parents=True, exist_ok=True)
         moved["log"] = str(log_dir / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.parquet")
-        change_log(previous, res.identifiers).to_pandas().sort_values(
-            ["change", "old_one_id", "new_one_id"], ignore_index=True).to_parquet(moved["log"] + PENDING,
-                                                                                 index=False)
+        log_frame.to_parquet(moved["log"] + PENDING, index=False)
     state_dir.mkdir(parents=True, exist_ok=True)
     res.identifiers.to_parquet(state_dir / (IDENTIFIERS_FILE + PENDING))
     return moved

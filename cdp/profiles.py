@@ -123,15 +123,17 @@ def profile_table(t: dict[str, ir.Table], res: Resolution, index: ir.Table, cuto
 
 def profile_tables(tables: dict[str, ir.Table], as_of: dt.date, built_ts: int | None = None,
                    guardrails: Guardrails = DEFAULT_GUARDRAILS, tags: bool = False,
-                   stage: Callable[[str, str], None] | None = None) -> tuple[ir.Table, ir.Table, Resolution]:
+                   stage: Callable[[str, str], None] | None = None,
+                   previous: ir.Table | None = None) -> tuple[ir.Table, ir.Table, Resolution]:
     """(profiles, device index [id_type, md5, one_id], resolution) as Ibis tables, from data before as_of;
-    with tags=True, resolution.tags holds cdp.tags.tag_table. `stage(name, detail)` is called as each step
+    with tags=True, resolution.tags holds cdp.tags.tag_table. `previous`: the last run's [key, one_id] map,
+    whose OneIDs the clusters inherit (cdp.identity.inherit). `stage(name, detail)` is called as each step
     ends: load (the inputs as of the cutoff into the engine), oneid, profiles, tags."""
     stage = stage or (lambda _name, _detail: None)
     cutoff = cutoff_ts(as_of)
     t = {name: table.pipe(materialize) for name, table in before(tables, cutoff).items()}
     stage("load", f"the inputs before {as_of} 00:00 UTC+8")
-    res = resolve(t, guardrails)
+    res = resolve(t, guardrails, previous)
     stage("oneid", f"{res.rounds} label-propagation rounds")
     index = device_index(res.identifiers).pipe(materialize)
     built = int(time.time()) if built_ts is None else built_ts

@@ -134,10 +134,11 @@ def format_errors(exc: ValidationError, source: str | Path | None, where: str | 
     lines = [f"invalid settings ({where}):"]
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if "\n" in msg:  # a list of problems that name their own place (e.g. a segments file's), one line each
-            lines.extend(f"  {line}" for line in msg.splitlines())
+        problems = (err.get("ctx") or {}).get("problems")
+        if problems:  # a list of problems that name their own place (e.g. a segments file's), one line each
+            lines.extend(f"  {line}" for line in str(problems).splitlines())
             continue
+        msg = err["msg"].removeprefix("Value error, ")
         # a check across fields has the whole mapping as its input: not worth repeating (and it may hold a salt)
         lines.append(f"  {field}: {msg} (got {err.get('input')!r})" if field else f"  {msg}")
     return "\n".join(lines)

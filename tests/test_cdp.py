@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import ibis
@@ -17,7 +18,7 @@ import redis
 from cdp import engine, identity, ingest, pipeline, tags
 from cdp.config import CdpConfig, load_config
 from cdp.export import RedisUnavailable, export
-from cdp.pipeline import read_tables, run, run_config
+from cdp.pipeline import read_tables, report, run, run_config
 from cdp.profiles import build_profiles, cutoff_ts, profile_tables, to_messages
 from cdp.schema import OPTIONAL_COLUMNS, SCHEMAS
 from rta.v1 import decision_pb2 as pb
@@ -325,40 +326,134 @@ def test_cdp_run_incremental_from_the_command_line(small_world, redis_url, tmp_p
     assert (tmp_path / "state" / "identifiers.parquet").exists()
 
 
-def test_a_cluster_past_the_size_limit_fails_the_run():
-    tables = world_tables(accounts=[account(f"a{i}", phone="SHARED") for i in range(5)])
-    with pytest.raises(identity.ClusterTooLarge, match="5 records"):
+def test_a_cluster_past_the_size_limit_fails_the_run_naming_the_shared_value_and_blocking_it_passes():
+    accounts = [account(f"a{i}", phone="shared", member_id=f"M{i}") for i in range(5)]
+    tables = world_tables(accounts=accounts + [account("a5", "app", member_id="M0")])
+    with pytest.raises(identity.ClusterTooLarge, match="6 records") as err:
         identity.resolve_frames(tables, guardrails=identity.Guardrails(max_cluster_size=4))
-    assert len(set(identity.resolve_frames(tables, guardrails=identity.Guardrails(5))[0]["one_id"])) == 1
+    # the values held by the most records first (those held by one link nothing): kind and value, as
+    # blocked_identifiers takes them
+    assert "values: 'phone:shared' (held by 5 records), 'member:M0' (held by 2 records); " in str(err.value)
+    assert str(err.value).endswith("add it to blocked_identifiers")
+    assert len(set(identity.resolve_frames(tables, guardrails=identity.Guardrails(6))[0]["one_id"])) == 1
+    blocked = identity.Guardrails(max_cluster_size=4, blocked=("phone:shared",))
+    records, identifiers = identity.resolve_frames(tables, guardrails=blocked)
+    assert records.groupby("one_id").size().sort_values().tolist() == [1, 1, 1, 1, 2]  # a0 and a5 share M0
+    assert "phone:shared" not in set(identifiers["key"])
+
+
+def test_blocked_identifiers_are_validated_and_reach_the_oneid_stage(tmp_path):
+    cfg = CdpConfig(input=tmp_path, blocked_identifiers=["phone:abc", "buyer:tmall:b1", "dev:1:" + "a" * 32])
+    assert cfg.blocked_identifiers == ["phone:abc", "buyer:tmall:b1", "dev:1:" + "a" * 32]
+    with pytest.raises(SettingsError) as err:
+        load_config(None, input=tmp_path, blocked_identifiers=["abc", "phone:", "buyer:b1", "email:x"])
+    assert [f"blocked_identifiers.{i}" in str(err.value) for i in range(4)] == [True] * 4
+    # a run fails on the junk value's cluster, names it, and passes once it is blocked
+    world = tmp_path / "world"
+    world.mkdir()
+    accounts = [account(f"a{i}", phone="5d41402abc4b2a76b9719d911017c592") for i in range(5)]
+    for name, frame in world_tables(accounts=accounts).items():
+        frame.to_parquet(world / f"{name}.parquet")
+    settings = {"input": world, "as_of": AS_OF, "max_cluster_size": 4, "predictive": {"enabled": False}}
+    with pytest.raises(identity.ClusterTooLarge, match="'phone:5d41402abc4b2a76b9719d911017c592' "):
+        report(load_config(None, **settings))
+    out = report(load_config(None, **settings, blocked_identifiers=["phone:5d41402abc4b2a76b9719d911017c592"]))
+    assert out["tags"]["lifecycle"] == {"0": 5}  # five people without orders, not one
+
+
+def identifiers_of(accounts, previous=None) -> pd.DataFrame:
+    return identity.resolve_frames(world_tables(accounts=accounts), previous=previous)[1]
 
 
 def test_oneids_are_stable_and_merges_and_splits_are_counted():
     def identifiers(accounts):
-        return ibis.memtable(identity.resolve_frames(world_tables(accounts=accounts))[1])
+        return ibis.memtable(identifiers_of(accounts))
 
     run1 = [account("a", days_ago=300, phone="P1"), account("b", "app", days_ago=200, phone="P2", member_id="M2"),
             account("c", "app", days_ago=100, phone="P3", member_id="M3")]
     run2 = run1 + [account("d", "tmall", days_ago=5, phone="P1", buyer="B1"),
                    account("e", "jd", days_ago=4, phone="P2", buyer="J1")]  # new accounts of a and b: no change
-    assert identity.changes(identifiers(run1), identifiers(run2)) == {"kept": 3, "merged": 0, "split": 0, "new": 0}
+    unchanged = {"kept": 3, "merged": 0, "split": 0, "renamed": 0, "new": 0}
+    assert identity.changes(identifiers(run1), identifiers(run2)) == unchanged
     run3 = run2 + [account("f", "miniprogram", days_ago=1, phone="P1", member_id="M2")]  # joins a and b
     moved = identity.changes(identifiers(run2), identifiers(run3))
-    assert moved == {"kept": 2, "merged": 1, "split": 0, "new": 0}  # b's OneID goes; the earlier (a's) survives
+    assert moved == {"kept": 2, "merged": 1, "split": 0, "renamed": 0, "new": 0}  # b's OneID goes into a's
     assert one_ids(world_tables(accounts=run3))["b"] == one_ids(world_tables(accounts=run1))["a"]
     run4 = [account("a", days_ago=300, phone="P1"), account("b", "app", days_ago=200, phone="P9", member_id="M2")]
     run4_before = [account("a", days_ago=300, phone="P1"), account("b", "app", days_ago=200, phone="P1",
                                                                    member_id="M2")]
     assert identity.changes(identifiers(run4_before), identifiers(run4)) == {"kept": 1, "merged": 0, "split": 1,
-                                                                              "new": 1}
-    # Each merge and split is logged as (change, old OneID, new OneID) rows.
+                                                                              "renamed": 0, "new": 1}
+    # Each merge and split is logged as a (change, old OneID, new OneID) row, the losing or departing side only.
     a, b = one_ids(world_tables(accounts=run2))["a"], one_ids(world_tables(accounts=run2))["b"]
     merged = identity.change_log(identifiers(run2), identifiers(run3)).to_pandas()
-    assert sorted(map(tuple, merged.to_numpy())) == [("merge", a, a), ("merge", b, a)]
+    assert sorted(map(tuple, merged.to_numpy())) == [("merge", b, a)]
     split = identity.change_log(identifiers(run4_before), identifiers(run4)).to_pandas()
     after = one_ids(world_tables(accounts=run4))
-    assert sorted(map(tuple, split.to_numpy())) == sorted([("split", after["a"], after["a"]),
-                                                            ("split", after["a"], after["b"])])
+    assert sorted(map(tuple, split.to_numpy())) == [("split", after["a"], after["b"])]
     assert identity.change_log(identifiers(run1), identifiers(run2)).count().to_pyarrow().as_py() == 0
+
+
+def test_a_backfilled_earlier_account_keeps_the_persons_oneid_with_the_last_runs_map():
+    run1 = [account("a", days_ago=300, phone="p1", member_id="M1"), account("b", "app", days_ago=200, phone="p2")]
+    before = identifiers_of(run1)
+    run2 = run1 + [account("z", "tmall", days_ago=900, phone="p1", buyer="Z1")]  # older than a: a new earliest key
+    derived = identifiers_of(run2)
+    carried = identifiers_of(run2, previous=before)
+    old_a = before.set_index("key")["one_id"]["phone:p1"]
+    # Without the map the person is renamed after the backfilled key; the log shows it as a rename.
+    assert derived.set_index("key")["one_id"]["phone:p1"] == identity.one_id("buyer:tmall:Z1") != old_a
+    renamed = identity.compare(ibis.memtable(before), ibis.memtable(derived))
+    assert renamed[0] == {"kept": 1, "merged": 0, "split": 0, "renamed": 1, "new": 1}
+    assert list(map(tuple, renamed[1].to_numpy())) == [("rename", old_a, identity.one_id("buyer:tmall:Z1"))]
+    # With it every identifier of the person, the new one included, keeps the old OneID, and nothing is logged.
+    assert set(carried[carried["key"].isin(["phone:p1", "member:M1", "buyer:tmall:Z1"])]["one_id"]) == {old_a}
+    counts, log = identity.compare(ibis.memtable(before), ibis.memtable(carried))
+    assert counts == {"kept": 2, "merged": 0, "split": 0, "renamed": 0, "new": 0} and log.empty
+    records, _ = identity.resolve_frames(world_tables(accounts=run2), previous=before)
+    assert dict(zip(records["record_id"], records["one_id"], strict=True))["z"] == old_a  # records carry it too
+
+
+def test_a_merge_keeps_the_id_of_the_previous_person_with_most_identifiers_and_logs_the_other():
+    # b holds more identifiers than a, though a is earlier (and so names the merged cluster without the map)
+    run1 = [account("a", days_ago=300, phone="p1"),
+            account("b", "app", days_ago=200, phone="p2", member_id="M2", unionid="U2")]
+    before = identifiers_of(run1)
+    old = before.set_index("key")["one_id"]
+    run2 = run1 + [account("f", "miniprogram", days_ago=1, phone="p1", member_id="M2")]
+    assert set(identifiers_of(run2)["one_id"]) == {old["phone:p1"]}
+    carried = identifiers_of(run2, previous=before)
+    assert set(carried["one_id"]) == {old["phone:p2"]}
+    counts, log = identity.compare(ibis.memtable(before), ibis.memtable(carried))
+    assert counts == {"kept": 1, "merged": 1, "split": 0, "renamed": 0, "new": 0}
+    assert list(map(tuple, log.to_numpy())) == [("merge", old["phone:p1"], old["phone:p2"])]
+
+
+def test_a_split_gives_the_id_to_the_part_with_most_identifiers_and_logs_the_other_part():
+    # one person by the shared phone P1; b's part holds most of the identifiers
+    run1 = [account("a", days_ago=300, phone="p1"),
+            account("b", "app", days_ago=200, phone="p1", member_id="M2", unionid="U2")]
+    before = identifiers_of(run1)
+    person = identity.one_id("phone:p1")
+    assert set(before["one_id"]) == {person}
+    run2 = [account("a", days_ago=300, phone="p1"),
+            account("b", "app", days_ago=200, phone="p9", member_id="M2", unionid="U2")]  # b's phone corrected
+    carried = identifiers_of(run2, previous=before).set_index("key")["one_id"]
+    assert carried["member:M2"] == carried["phone:p9"] == person
+    # a's derived id is the id b's part inherited, so it is rehashed: no two people share a OneID
+    assert carried["phone:p1"] == identity.one_id("phone:p1#1")
+    counts, log = identity.compare(ibis.memtable(before), ibis.memtable(carried.reset_index()))
+    assert counts == {"kept": 1, "merged": 0, "split": 1, "renamed": 0, "new": 1}
+    assert list(map(tuple, log.to_numpy())) == [("split", person, identity.one_id("phone:p1#1"))]
+
+
+def test_oneids_without_a_previous_map_are_derived_from_the_earliest_identifier_whatever_the_map_would_say():
+    run1 = [account("a", days_ago=300, phone="p1"), account("b", "app", days_ago=200, phone="p2")]
+    previous = pd.DataFrame({"key": ["phone:p1", "phone:p2"], "one_id": ["x" * 24, "y" * 24]})
+    plain = identifiers_of(run1).set_index("key")["one_id"]
+    assert plain.to_dict() == {"phone:p1": identity.one_id("phone:p1"), "phone:p2": identity.one_id("phone:p2")}
+    assert identifiers_of(run1, previous).set_index("key")["one_id"].to_dict() == {"phone:p1": "x" * 24,
+                                                                                   "phone:p2": "y" * 24}
 
 
 def test_a_run_with_state_dir_writes_its_merges_and_splits_and_a_report_only_reads(small_world, tmp_path, capsys,
@@ -376,10 +471,8 @@ def test_a_run_with_state_dir_writes_its_merges_and_splits_and_a_report_only_rea
     assert "OneIDs vs last run" in capsys.readouterr().err
     assert not (state / "oneid_changes").exists() and (state / "identifiers.parquet").read_bytes() == saved
     assert cli.main(["cdp", "run", "--config", str(config)]) == 0
-    assert "OneIDs vs last run" in capsys.readouterr().err
-    logs = list((state / "oneid_changes").glob("*.parquet"))
-    assert len(logs) == 1
-    assert list(pd.read_parquet(logs[0]).columns) == ["change", "old_one_id", "new_one_id"]
+    assert "OneIDs vs last run: {'kept': " in capsys.readouterr().err
+    assert not (state / "oneid_changes").exists()  # nothing changed: the counts, but no empty log
     # a run whose export fails leaves the state as the last published run wrote it
     saved = (state / "identifiers.parquet").read_bytes()
     down = load_config(config, redis_url=f"redis://127.0.0.1:{free_port()}/0")
@@ -390,7 +483,33 @@ def test_a_run_with_state_dir_writes_its_merges_and_splits_and_a_report_only_rea
     with pytest.raises(redis.ConnectionError):
         run_config(down)
     assert (state / "identifiers.parquet").read_bytes() == saved
-    assert list((state / "oneid_changes").glob("*.parquet")) == logs
+    assert not (state / "oneid_changes").exists()
+
+
+def test_a_backfilled_account_keeps_its_persons_oneid_through_a_run_with_state_dir(small_world, tmp_path, redis_url):
+    """The new-user review's case end to end: an account older than any of a person's, carrying their phone
+    hash, used to rename the person with nothing logged."""
+    world = tmp_path / "world"
+    shutil.copytree(small_world, world)
+    cfg = load_config(None, input=world, state_dir=tmp_path / "state", work_dir=tmp_path / "work",
+                      redis_url=redis_url, namespace="bf", grace_s=0, predictive={"enabled": False})
+    run_config(cfg)
+    before = pd.read_parquet(tmp_path / "state" / "identifiers.parquet").set_index("key")["one_id"]
+    members = pd.read_parquet(world / "memberships.parquet")
+    person = members[members["phone_hash"].notna()].iloc[0]
+    key = f"phone:{person['phone_hash']}"
+    backfill = {**{c: None for c in members.columns}, "record_id": "r-backfill", "channel": "store",
+                "created_ts": int(members["created_ts"].min()) - 86400, "is_member": True,
+                "phone_hash": person["phone_hash"]}
+    pd.concat([members, pd.DataFrame([backfill])], ignore_index=True).to_parquet(world / "memberships.parquet")
+    assert identity.one_id(key) != before[key]  # without the last run's map the person would be renamed
+    summary = run_config(cfg)
+    assert summary["oneid_changes"] == {"kept": before.nunique(), "merged": 0, "split": 0, "renamed": 0, "new": 0}
+    after = pd.read_parquet(tmp_path / "state" / "identifiers.parquet").set_index("key")["one_id"]
+    assert after[key] == before[key] and after.loc[before.index].equals(before)
+    tagged = pd.read_parquet(tmp_path / "work" / "tags.parquet")  # what the export reads carries the kept id
+    assert before[key] in set(tagged["one_id"]) and identity.one_id(key) not in set(tagged["one_id"])
+    assert not (tmp_path / "state" / "oneid_changes").exists()
 
 
 # --- tags and segments ----------------------------------------------------------------------------------------
