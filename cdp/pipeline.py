@@ -26,7 +26,7 @@ from .export import connect, export, preflight
 from .identity import Guardrails, compare
 from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
-from .report import identity_accuracy, segment_sizes
+from .report import identity_accuracy, identity_counts, segment_sizes
 from .schema import OPTIONAL_TABLES
 from .tags import apply_segments, unattached_events, with_segments
 from .tags import segment_sizes as tag_segment_sizes
@@ -315,6 +315,8 @@ def report(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dic
     out = {"as_of": as_of.isoformat(), "engine": cfg.engine, "ingest": stages.ingest}
     if (Path(cfg.input) / "truth_memberships.parquet").exists():
         out["identity"] = identity_accuracy(con, cfg.input, res)
+    else:
+        out["identity"] = identity_counts(res)
     out["segments"] = segment_sizes(profiles)
     out["tags"] = stages.tags
     out["predictive"] = stages.predictive

@@ -41,6 +41,24 @@ def identity_accuracy(con: ibis.BaseBackend, world: Path, res: Resolution) -> di
     }
 
 
+def identity_counts(res: Resolution) -> dict:
+    """Without truth files (real data): records, OneIDs and the largest clusters, so the de-duplication is
+    still visible; precision and recall need a simulated world's truth."""
+    r = res.records
+    sizes = r.group_by("one_id").agg(n=ibis._.count())
+    counts = sizes.aggregate(records=sizes.n.sum(), one_ids=sizes.count(), largest=sizes.n.max(),
+                             multi=(sizes.n > 1).sum()).to_pyarrow().to_pylist()[0]
+    return {
+        "records": int(counts["records"] or 0),
+        "one_ids": int(counts["one_ids"]),
+        "one_ids_with_several_records": int(counts["multi"] or 0),
+        "largest_cluster": int(counts["largest"] or 0),
+        "label_propagation_rounds": res.rounds,
+        "accuracy": "not measured: no truth_memberships.parquet / truth_wecom.parquet in the input (rta simulate "
+                    "writes them)",
+    }
+
+
 def segment_sizes(profiles: ir.Table) -> dict[str, int]:
     row = profiles.aggregate(**{f.removeprefix("seg_"): profiles[f].cast("int64").sum() for f in FLAGS},
                              profiles=profiles.count()).to_pyarrow().to_pylist()[0]

@@ -306,6 +306,13 @@ def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
     assert report["identity"]["pairwise_precision"] >= 0.999 and report["identity"]["true_persons"] == 3000
     assert report["identity"]["one_ids"] == summary["profiles"]
     assert report["predictive"]["models"] == summary["predictive"]["models"]  # same data, same seed
+    # real data has no truth files: the report still counts records, OneIDs and the largest cluster
+    world = tmp_path / "no-truth"
+    shutil.copytree(small_world, world, ignore=shutil.ignore_patterns("truth_*"))
+    plain = pipeline.report(load_config(input=world, predictive={"enabled": False}))["identity"]
+    assert "pairwise_precision" not in plain and plain["accuracy"].startswith("not measured: no truth")
+    assert (plain["records"], plain["one_ids"]) == (report["identity"]["records"], report["identity"]["one_ids"])
+    assert 1 < plain["largest_cluster"] <= 200 and 0 < plain["one_ids_with_several_records"] < plain["one_ids"]
 
 
 def test_cdp_run_incremental_from_the_command_line(small_world, redis_url, tmp_path, capsys):
