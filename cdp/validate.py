@@ -52,6 +52,13 @@ INT_TEXT = r"^\s*-?[0-9]+\s*$"
 FLOAT_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "t": True, "f": False}
 BATCH_ROWS = 1 << 16
+# Timestamps are Unix seconds. An event (an account's creation, an order, a friendship, a WeCom event) must
+# fall in [2000-01-01, 2100-01-01): a value past 2100 is almost always milliseconds (or microseconds), which
+# would put every event after the cutoff and silently count nothing. A store may have opened before 2000;
+# `removed_ts` 0 means "still friends".
+TS_2000, TS_2100 = 946_684_800, 4_102_444_800
+TIMESTAMPS = {"created_ts": TS_2000, "ts": TS_2000, "added_ts": TS_2000, "removed_ts": TS_2000, "opened_ts": 1}
+TS_REASON = "not Unix seconds between {low} and 2100-01-01 (milliseconds?)"
 
 
 class InputError(ValueError):
@@ -134,10 +141,15 @@ def _check_column(table: str, name: str, col: pa.Array,
         value = pc.cast(col, pa.float64())
         out = pc.or_(pc.or_(pc.less(value, low), pc.greater(value, high)), pc.is_nan(value))
         problems.append((pc.fill_null(out, False).to_numpy(zero_copy_only=False), f"out of range [{low:g}, {high:g}]"))
-    if name in ("created_ts", "ts", "added_ts", "opened_ts"):
-        problems.append((pc.fill_null(pc.less_equal(col, 0), False).to_numpy(zero_copy_only=False),
-                         "timestamp must be > 0 (unix seconds)"))
-    if name in ("amount_fen", "removed_ts"):
+    if name in TIMESTAMPS:
+        low = TIMESTAMPS[name]
+        out = pc.or_(pc.less(col, low), pc.greater_equal(col, TS_2100))
+        if name == "removed_ts":
+            out = pc.and_(out, pc.not_equal(col, 0))
+        reason = TS_REASON.format(low="1970-01-01" if low == 1 else "2000-01-01")
+        problems.append((pc.fill_null(out, False).to_numpy(zero_copy_only=False),
+                         "0 (still friends) or " + reason if name == "removed_ts" else reason))
+    if name == "amount_fen":
         problems.append((pc.fill_null(pc.less(col, 0), False).to_numpy(zero_copy_only=False), "must be >= 0"))
     if name == "phone_hash":
         raw = pc.fill_null(pc.match_substring_regex(col, RAW_PHONE), False)

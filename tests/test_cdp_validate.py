@@ -138,3 +138,24 @@ def test_stores_and_interactions_are_validated_and_unknown_store_references_kept
     assert out["tables"]["orders"] == {"in": 4, "out": 4, "rejected": 0}
     assert out["warnings"] == {"orders.store_id": 2}
     assert [(int(r["row"]), r["field"]) for r in rejects(out["warnings_file"])] == [(2, "store_id"), (4, "store_id")]
+
+
+def test_timestamps_in_milliseconds_or_out_of_range_are_rejected_not_silently_dropped(world, tmp_path):
+    (world / "orders.csv").write_text("order_id,record_id,channel,store_id,ts,amount_fen,category\n"
+                                      "o1,r1,store,s1,1700000001000,100,tops\no2,r1,store,s1,1700000002,100,tops\n"
+                                      "o3,r1,store,s1,86400,100,tops\n")
+    (world / "wecom.csv").write_text("friendship_id,external_userid,unionid,phone_hash,guide_id,store_id,added_ts,"
+                                     "removed_ts\nf1,wm1,,,g1,s1,1700000000,0\nf2,wm2,,,g1,s1,1700000000,1700000000000\n"
+                                     "f3,wm3,,,g1,s1,1700000000,1710000000\n")
+    (world / "stores.csv").write_text("store_id,region,city,lat,lon,opened_ts\ns1,east,Shanghai,,,631152000\n"
+                                      "s2,east,Shanghai,,,1600000000000\n")
+    out = validate(world, tmp_path / "work")
+    got = {(r["file"].rsplit("/", 1)[-1], int(r["row"]), r["field"]): r["reason"] for r in rejects(out["rejects_file"])}
+    assert got[("orders.csv", 1, "ts")] == "not Unix seconds between 2000-01-01 and 2100-01-01 (milliseconds?)"
+    assert got[("orders.csv", 3, "ts")] == "not Unix seconds between 2000-01-01 and 2100-01-01 (milliseconds?)"
+    assert got[("wecom.csv", 2, "removed_ts")] == \
+        "0 (still friends) or not Unix seconds between 2000-01-01 and 2100-01-01 (milliseconds?)"
+    assert got[("stores.csv", 2, "opened_ts")] == "not Unix seconds between 1970-01-01 and 2100-01-01 (milliseconds?)"
+    assert out["tables"]["orders"] == {"in": 3, "out": 1, "rejected": 2}
+    assert out["tables"]["wecom"] == {"in": 3, "out": 2, "rejected": 1}  # removed_ts 0 = still friends
+    assert out["tables"]["stores"] == {"in": 2, "out": 1, "rejected": 1}  # a store opened in 1990 is fine
