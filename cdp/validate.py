@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from rta_service import keyspace
 
-from .schema import INTERACTION_TYPES, OPTIONAL_COLUMNS, OPTIONAL_TABLES, SCHEMAS, normalize
+from .schema import INTERACTION_TYPES, NORMALIZED_COLUMNS, OPTIONAL_COLUMNS, OPTIONAL_TABLES, SCHEMAS, normalize
 
 CHANNELS = ("store", "miniprogram", "app", "tmall", "jd", "douyin")
 REQUIRED = {
@@ -76,24 +76,86 @@ def _source(input_dir: Path, table: str) -> Path | None:
     raise InputError(f"{input_dir}: missing {table}.parquet or {table}.csv")
 
 
-def _open(path: Path, table: str) -> tuple[list[str], object]:
-    """(the schema's columns the file lacks, an iterator of its record batches). Only columns of
-    OPTIONAL_COLUMNS may be lacking; any other is an InputError."""
+def _open(path: Path, table: str) -> tuple[list[str], object, list[tuple[int, int, int]]]:
+    """(the schema's columns the file lacks, an iterator of its record batches, the data rows of a CSV skipped
+    for a wrong number of fields, filled in as the batches are read). Only columns of OPTIONAL_COLUMNS may be
+    lacking; any other is an InputError, and so is a file that cannot be read (never a raw Arrow message, which
+    may quote the file's values)."""
     schema = SCHEMAS[table]
+    skipped: list[tuple[int, int, int]] = []  # (data row, fields expected, fields found)
     if path.suffix == ".csv":
+        def skip(row: pacsv.InvalidRow) -> str:  # row.number is the 1-based record, header included
+            skipped.append((row.number - 1, row.expected_columns, row.actual_columns))
+            return "skip"
+
         types = {name: pa.string() for name in schema.names}
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=8 << 20),
-                                convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
-        names, batches = reader.schema.names, reader
+        try:  # use_threads=False: InvalidRow.number is known only to a serial reader
+            reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=8 << 20, use_threads=False),
+                                    parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
+                                    convert_options=pacsv.ConvertOptions(
+                                        column_types=types, null_values=[""], strings_can_be_null=True,
+                                        quoted_strings_can_be_null=False))
+        except pa.ArrowInvalid as e:
+            raise _csv_error(path, e, None) from None
+        names, batches = reader.schema.names, _csv_batches(path, reader)
     else:
-        file = pq.ParquetFile(path)
+        try:
+            file = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path}: not a readable Parquet file ({type(e).__name__})") from None
         names = file.schema_arrow.names
         batches = file.iter_batches(batch_size=BATCH_ROWS, columns=[n for n in schema.names if n in names])
     absent = [n for n in schema.names if n not in names]
     missing = [n for n in absent if n not in OPTIONAL_COLUMNS.get(table, ())]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
-    return absent, batches
+    return absent, batches, skipped
+
+
+def _csv_batches(path: Path, reader):
+    """The reader's batches; an undecodable or unparsable file is an InputError naming the file and row."""
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as e:
+            raise _csv_error(path, e, reader.schema.names) from None
+        yield batch
+
+
+def _csv_error(path: Path, error: pa.ArrowInvalid, names: list[str] | None) -> InputError:
+    text = str(error)
+    if "Empty CSV file" in text:
+        return InputError(f"{path}: empty file (a CSV needs a header row)")
+    if "UTF8" in text or "UTF-8" in text:
+        line, field = _first_non_utf8(path)
+        if names is None and line > 1:  # the reader failed while opening: take the names from the header
+            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+                names = next(csv.reader(f), [])
+        where = "the header row" if line <= 1 else f"row {line - 1}"
+        if names and line > 1 and field < len(names):
+            where += f", field {names[field]}"
+        return InputError(f"{path}: {where} is not UTF-8 text (save the file as UTF-8; GBK is not read)")
+    return InputError(f"{path}: not a readable CSV file (a quote left open?)")  # Arrow's text quotes the values
+
+
+def _first_non_utf8(path: Path) -> tuple[int, int]:
+    """(1-based line, 0-based field counting commas) of the file's first byte sequence that is not UTF-8."""
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return line_no, line[:e.start].count(b",")
+    return 0, 0
+
+
+def _file_rows(index: np.ndarray, skipped: np.ndarray) -> np.ndarray:
+    """1-based data rows of the file of the read rows at `index` (0-based among the rows read), given the
+    sorted data rows the reader skipped."""
+    before = skipped - np.arange(len(skipped)) - 1  # rows read before each skipped row
+    return index + 1 + np.searchsorted(before, index, side="right")
 
 
 def _column(batch: pa.RecordBatch, name: str) -> pa.Array:
@@ -109,6 +171,8 @@ def _check_column(table: str, name: str, col: pa.Array,
     present = pc.is_valid(col)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         text = col
+        if not pa.types.is_string(want):  # an empty field of a number, like a null: checked as required or not
+            text = pc.if_else(pc.equal(text, ""), pa.scalar(None, col.type), text)
         if pa.types.is_integer(want):
             ok = pc.fill_null(pc.match_substring_regex(text, INT_TEXT), True)
             problems.append((~ok.to_numpy(zero_copy_only=False), "not an integer"))
@@ -123,7 +187,11 @@ def _check_column(table: str, name: str, col: pa.Array,
             problems.append((~ok.to_numpy(zero_copy_only=False), "not a boolean (true/false/1/0)"))
             col = pa.array([BOOL_TEXT.get(v) if v is not None else None for v in lowered.to_pylist()], pa.bool_())
     if name in REQUIRED[table]:
-        blank = pc.equal(pc.utf8_trim_whitespace(col), "") if pa.types.is_string(col.type) else pc.is_null(col)
+        # Present, and not blank unless an identifier: a junk identifier ("", "null", ...) links nobody (OneID
+        # blocks it) but the row stays, e.g. a friendship whose external_userid the CRM lost.
+        text_type = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+        blank = pc.equal(pc.utf8_trim_whitespace(col), "") if text_type and name not in NORMALIZED_COLUMNS.get(
+            table, ()) else pc.is_null(col)
         problems.append((~present.to_numpy(zero_copy_only=False) | pc.fill_null(blank, False).to_numpy(
             zero_copy_only=False), "required"))
     if name == "channel":
@@ -172,10 +240,10 @@ def _validate_table(table: str, path: Path | None, work_dir: Path, phone_salt: s
     own (validate() joins them in table order, so the files do not depend on which thread ran first)."""
     schema = SCHEMAS[table].to_pyarrow()
     seen = kept = 0
-    absent, batches = _open(path, table) if path is not None else ([], ())
+    absent, batches, skipped = _open(path, table) if path is not None else ([], (), [])
     check_store = known_stores is not None and table in STORE_REFERENCES
     store_seen: set[str] = set()
-    warned = 0
+    warned = listed = 0  # listed: rows of `skipped` written to the rejects so far
     parts = {kind: work_dir / f".{kind}.{table}.csv" for kind in ("rejects", "warnings")}
     with open(parts["rejects"], "w", newline="", encoding="utf-8") as rejects_file, \
             open(parts["warnings"], "w", newline="", encoding="utf-8") as warnings_file, \
@@ -197,20 +265,32 @@ def _validate_table(table: str, path: Path | None, work_dir: Path, phone_salt: s
                         bad[row] = True
                     elif not bad[row]:
                         store_seen.add(store_id)
-            rejects.writerows([str(path), seen + row + 1, name, reason] for row, name, reason in sorted(rejected))
+            # file rows of the batch's rows: a CSV row skipped for its number of fields shifts those after it
+            gaps = np.array([row for row, _, _ in skipped], dtype=np.int64)
+            rows = _file_rows(seen + np.arange(batch.num_rows), gaps) if len(gaps) else None
+            listing = [(int(rows[r]) if rows is not None else seen + r + 1, name, reason)
+                       for r, name, reason in rejected]
+            listing += [(row, "", f"wrong number of fields (expected {want}, got {got})")
+                        for row, want, got in skipped[listed:]]
+            listed = len(skipped)
+            rejects.writerows([str(path), row, name, reason] for row, name, reason in sorted(listing))
             good = pa.RecordBatch.from_arrays(columns, schema=schema)
             if check_store:
                 store = good.column(schema.get_field_index("store_id"))
                 unknown = pc.and_(pc.is_valid(store), pc.invert(pc.is_in(store, known_stores)))
                 unknown = unknown.to_numpy(zero_copy_only=False) & ~bad
                 for row in np.flatnonzero(unknown):
-                    warnings.writerow([str(path), seen + int(row) + 1, "store_id",
-                                       "unknown store (not in stores); row kept"])
+                    warnings.writerow([str(path), int(rows[row]) if rows is not None else seen + int(row) + 1,
+                                       "store_id", "unknown store (not in stores); row kept"])
                 warned += int(unknown.sum())
             good = good.filter(pa.array(~bad))
             writer.write_batch(good)
             seen += batch.num_rows
             kept += good.num_rows
+        # skipped rows after the last batch (a file whose last rows, or only rows, have the wrong field count)
+        rejects.writerows([str(path), row, "", f"wrong number of fields (expected {want}, got {got})"]
+                          for row, want, got in skipped[listed:])
+    seen += len(skipped)
     return {"counts": {"in": seen, "out": kept, "rejected": seen - kept}, "absent": absent, "warned": warned,
             "parts": parts}
 

@@ -6,6 +6,8 @@ import csv
 import hashlib
 
 import pandas as pd
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
 from cdp.validate import CHANNELS, InputError, validate
@@ -159,3 +161,48 @@ def test_timestamps_in_milliseconds_or_out_of_range_are_rejected_not_silently_dr
     assert out["tables"]["orders"] == {"in": 3, "out": 1, "rejected": 2}
     assert out["tables"]["wecom"] == {"in": 3, "out": 2, "rejected": 1}  # removed_ts 0 = still friends
     assert out["tables"]["stores"] == {"in": 2, "out": 1, "rejected": 1}  # a store opened in 1990 is fine
+
+
+def test_csv_rows_with_a_wrong_number_of_fields_are_rejected_by_row_and_later_rows_keep_their_numbers(world, tmp_path):
+    (world / "orders.csv").write_text("order_id,record_id,channel,store_id,ts,amount_fen,category\n"
+                                      "o1,r1,store,s1,1700000001,100,tops\n"
+                                      "obad9,r1,store,s1,1700000002,100,tops,13812345678\n"
+                                      "o3,r1,store,s1,1700000003,-1,tops\n"
+                                      "o4,r1,store\n"
+                                      "o5,r1,store,s1,1700000005,100,tops\n")
+    out = validate(world, tmp_path / "work")
+    got = [(int(r["row"]), r["field"], r["reason"]) for r in rejects(out["rejects_file"])
+           if r["file"].endswith("orders.csv")]
+    assert got == [(2, "", "wrong number of fields (expected 7, got 8)"), (3, "amount_fen", "must be >= 0"),
+                   (4, "", "wrong number of fields (expected 7, got 3)")]
+    assert out["tables"]["orders"] == {"in": 5, "out": 2, "rejected": 3}
+    assert "13812345678" not in (tmp_path / "work" / "rejects.csv").read_text()
+    assert pd.read_parquet(tmp_path / "work" / "orders.parquet")["order_id"].tolist() == ["o1", "o5"]
+
+
+def test_a_file_that_is_not_utf8_or_empty_is_an_input_error_naming_it_without_its_values(world, tmp_path):
+    (world / "orders.csv").write_bytes("order_id,record_id,channel,store_id,ts,amount_fen,category\n"
+                                       "o1,r1,store,s1,1700000001,100,上衣\n".encode("gbk"))
+    with pytest.raises(InputError) as error:
+        validate(world, tmp_path / "work")
+    assert str(error.value) == f"{world / 'orders.csv'}: row 1, field category is not UTF-8 text " \
+                               "(save the file as UTF-8; GBK is not read)"
+    (world / "orders.csv").write_text("")
+    with pytest.raises(InputError, match="orders.csv: empty file"):
+        validate(world, tmp_path / "work")
+
+
+def test_csv_and_parquet_of_the_same_world_validate_alike(tmp_path):
+    from simulate.world import simulate  # noqa: PLC0415
+
+    simulate(tmp_path / "pq", people=3000, seed=3)
+    (tmp_path / "csv").mkdir()
+    for table in ("memberships", "membership_devices", "orders", "wecom", "wecom_interactions", "stores"):
+        frame = pq.read_table(tmp_path / "pq" / f"{table}.parquet")
+        pacsv.write_csv(frame, tmp_path / "csv" / f"{table}.csv")
+    from_parquet = validate(tmp_path / "pq", tmp_path / "w1")
+    from_csv = validate(tmp_path / "csv", tmp_path / "w2")
+    assert from_csv["tables"] == from_parquet["tables"]
+    assert from_csv["warnings"] == from_parquet["warnings"]
+    wecom = pq.read_table(tmp_path / "w2" / "wecom.parquet")
+    assert wecom.equals(pq.read_table(tmp_path / "w1" / "wecom.parquet"))  # "null", "" and nulls as they were
