@@ -26,6 +26,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,6 +46,14 @@ REQUIRED = {
     "wecom_interactions": ("event_id", "external_userid", "guide_id", "type", "ts"),
     "stores": ("store_id", "city", "opened_ts"),
 }
+# Each table's key: a repeat of it after its first row is rejected (the whole row for device IDs: one account
+# may carry several IDs of a type, but the same ID twice is one fact written twice).
+KEYS = {
+    "memberships": ("record_id",), "membership_devices": ("record_id", "id_type", "value_md5"),
+    "orders": ("order_id",), "wecom": ("friendship_id",), "wecom_interactions": ("event_id",),
+    "stores": ("store_id",),
+}
+DUCKDB_MEMORY = "2GB"  # per table being checked for repeats; DuckDB spills the rest to {work_dir}/.duckdb
 STORE_REFERENCES = ("memberships", "orders", "wecom")  # tables whose store_id should name a known store
 RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
 RAW_PHONE = r"^\s*\+?[0-9]{11,15}\s*$"
@@ -242,8 +251,8 @@ def _validate_table(table: str, path: Path | None, work_dir: Path, phone_salt: s
     seen = kept = 0
     absent, batches, skipped = _open(path, table) if path is not None else ([], (), [])
     check_store = known_stores is not None and table in STORE_REFERENCES
-    store_seen: set[str] = set()
     warned = listed = 0  # listed: rows of `skipped` written to the rejects so far
+    gone: list[np.ndarray] = []  # file rows rejected, batch by batch
     parts = {kind: work_dir / f".{kind}.{table}.csv" for kind in ("rejects", "warnings")}
     with open(parts["rejects"], "w", newline="", encoding="utf-8") as rejects_file, \
             open(parts["warnings"], "w", newline="", encoding="utf-8") as warnings_file, \
@@ -258,13 +267,6 @@ def _validate_table(table: str, path: Path | None, work_dir: Path, phone_salt: s
                 for mask, reason in problems:
                     rejected.extend((int(row), name, reason) for row in np.flatnonzero(mask & ~bad))
                     bad |= mask
-            if table == "stores":  # a store master is small: the ids seen so far fit in a set
-                for row, store_id in enumerate(columns[schema.get_field_index("store_id")].to_pylist()):
-                    if not bad[row] and store_id in store_seen:
-                        rejected.append((row, "store_id", "duplicate store_id"))
-                        bad[row] = True
-                    elif not bad[row]:
-                        store_seen.add(store_id)
             # file rows of the batch's rows: a CSV row skipped for its number of fields shifts those after it
             gaps = np.array([row for row, _, _ in skipped], dtype=np.int64)
             rows = _file_rows(seen + np.arange(batch.num_rows), gaps) if len(gaps) else None
@@ -273,6 +275,7 @@ def _validate_table(table: str, path: Path | None, work_dir: Path, phone_salt: s
             listing += [(row, "", f"wrong number of fields (expected {want}, got {got})")
                         for row, want, got in skipped[listed:]]
             listed = len(skipped)
+            gone.append(np.array([row for row, _, _ in listing], dtype=np.int64))
             rejects.writerows([str(path), row, name, reason] for row, name, reason in sorted(listing))
             good = pa.RecordBatch.from_arrays(columns, schema=schema)
             if check_store:
@@ -290,9 +293,66 @@ def _validate_table(table: str, path: Path | None, work_dir: Path, phone_salt: s
         # skipped rows after the last batch (a file whose last rows, or only rows, have the wrong field count)
         rejects.writerows([str(path), row, "", f"wrong number of fields (expected {want}, got {got})"]
                           for row, want, got in skipped[listed:])
+    gone.append(np.array([row for row, _, _ in skipped[listed:]], dtype=np.int64))
     seen += len(skipped)
+    if kept:
+        repeats = _drop_repeats(table, path, work_dir, np.sort(np.concatenate(gone)), parts)
+        kept -= repeats["rows"]
+        warned -= repeats["warned"]
     return {"counts": {"in": seen, "out": kept, "rejected": seen - kept}, "absent": absent, "warned": warned,
             "parts": parts}
+
+
+def _repeats(parquet: Path, keys: tuple[str, ...], work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(0-based rows of `parquet` repeating an earlier row's key, the row of that key's first occurrence),
+    by row. One DuckDB aggregation over the keys (it spills to disk past DUCKDB_MEMORY); the rows themselves
+    are only looked for when some key repeats."""
+    cols = ", ".join(f'"{k}"' for k in keys)
+    with duckdb.connect(config={"threads": 1, "memory_limit": DUCKDB_MEMORY, "preserve_insertion_order": False,
+                                "temp_directory": str(work_dir / ".duckdb")}) as con:
+        quoted = str(parquet).replace("'", "''")
+        scan = f"read_parquet('{quoted}', file_row_number = true)"
+        if not con.execute(f"SELECT count(*) - count(DISTINCT ({cols})) FROM {scan}").fetchone()[0]:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        repeated = f"SELECT {cols}, min(file_row_number) AS first FROM {scan} GROUP BY ALL HAVING count(*) > 1"
+        rows = con.execute(f"SELECT file_row_number AS n, first FROM {scan} JOIN ({repeated}) USING ({cols}) "
+                           "WHERE file_row_number > first ORDER BY n").fetchnumpy()
+    return rows["n"].astype(np.int64), rows["first"].astype(np.int64)
+
+
+def _drop_repeats(table: str, path: Path | None, work_dir: Path, gone: np.ndarray, parts: dict[str, Path]) -> dict:
+    """Rejects every row of `{work_dir}/{table}.parquet` whose key (KEYS) an earlier row has: rewrites the
+    file without them, lists them in the table's rejects part (in row order, naming the first occurrence's
+    row) and drops their store warnings. `gone`: the sorted file rows already rejected, which map the
+    clean file's rows back to the input's. {rows: repeats rejected, warned: warnings dropped}."""
+    out = work_dir / f"{table}.parquet"
+    repeat, first = _repeats(out, KEYS[table], work_dir)
+    if not len(repeat):
+        return {"rows": 0, "warned": 0}
+    keep = np.ones(pq.ParquetFile(out).metadata.num_rows, dtype=bool)
+    keep[repeat] = False
+    rewritten = out.with_name(f".{table}.dedup.parquet")
+    with pq.ParquetWriter(rewritten, SCHEMAS[table].to_pyarrow()) as writer:
+        at = 0
+        for batch in pq.ParquetFile(out).iter_batches(batch_size=BATCH_ROWS):
+            writer.write_batch(batch.filter(pa.array(keep[at:at + batch.num_rows])))
+            at += batch.num_rows
+    rewritten.replace(out)
+    rows, firsts = _file_rows(repeat, gone), _file_rows(first, gone)
+    field = KEYS[table][0] if len(KEYS[table]) == 1 else "+".join(KEYS[table])
+    what = f"duplicate {field}" if len(KEYS[table]) == 1 else "duplicate row (same record_id, id_type, value_md5)"
+    listed = [[str(path), int(r), field, f"{what} (first at row {int(f)})"] for r, f in zip(rows, firsts, strict=True)]
+    with open(parts["rejects"], newline="", encoding="utf-8") as f:
+        listed += [[name, int(row), field_, reason] for name, row, field_, reason in csv.reader(f)]
+    with open(parts["rejects"], "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(sorted(listed, key=lambda r: r[1]))
+    dropped = set(rows.tolist())
+    with open(parts["warnings"], newline="", encoding="utf-8") as f:
+        warnings = list(csv.reader(f))
+    kept = [w for w in warnings if int(w[1]) not in dropped]
+    with open(parts["warnings"], "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(kept)
+    return {"rows": len(repeat), "warned": len(warnings) - len(kept)}
 
 
 def validate(input_dir: Path, work_dir: Path, phone_salt: str | None = None,

@@ -126,7 +126,7 @@ def test_stores_and_interactions_are_validated_and_unknown_store_references_kept
     assert {k: v for k, v in got.items() if k[0] in ("stores.csv", "wecom_interactions.csv")} == {
         ("stores.csv", 2, "lat"): "out of range [-90, 90]",
         ("stores.csv", 3, "lon"): "not a number",
-        ("stores.csv", 4, "store_id"): "duplicate store_id",
+        ("stores.csv", 4, "store_id"): "duplicate store_id (first at row 1)",
         ("stores.csv", 5, "city"): "required",
         ("wecom_interactions.csv", 2, "type"):
             "unknown type (expected one of friend_add, friend_remove, chat, group_join, group_leave)",
@@ -206,3 +206,33 @@ def test_csv_and_parquet_of_the_same_world_validate_alike(tmp_path):
     assert from_csv["warnings"] == from_parquet["warnings"]
     wecom = pq.read_table(tmp_path / "w2" / "wecom.parquet")
     assert wecom.equals(pq.read_table(tmp_path / "w1" / "wecom.parquet"))  # "null", "" and nulls as they were
+
+
+def test_repeated_keys_are_rejected_after_their_first_row_and_the_first_kept(world, tmp_path):
+    (world / "orders.csv").write_text("order_id,record_id,channel,store_id,ts,amount_fen,category\n"
+                                      "o1,r1,store,s9,1700000001,100,tops\no2,r1,store,,1700000002,100,tops\n"
+                                      "o1,r1,store,s9,1700000001,100,tops\no3,r1,store,,1700000003,-1,tops\n"
+                                      "o1,r1,store,,1700000009,300,tops\no2,r1,app,,1700000002,100,tops\n")
+    (world / "membership_devices.csv").write_text("record_id,id_type,value_md5\nr1,2,aa\nr1,2,bb\nr1,2,AA\n"
+                                                  "r1,3,aa\n")
+    (world / "stores.csv").write_text("store_id,region,city,lat,lon,opened_ts\ns1,east,Shanghai,,,1600000000\n")
+    out = validate(world, tmp_path / "work")
+    orders = [(int(r["row"]), r["field"], r["reason"]) for r in rejects(out["rejects_file"])
+              if r["file"].endswith("orders.csv")]
+    assert orders == [(3, "order_id", "duplicate order_id (first at row 1)"), (4, "amount_fen", "must be >= 0"),
+                      (5, "order_id", "duplicate order_id (first at row 1)"),
+                      (6, "order_id", "duplicate order_id (first at row 2)")]
+    assert out["tables"]["orders"] == {"in": 6, "out": 2, "rejected": 4}
+    clean = pd.read_parquet(tmp_path / "work" / "orders.parquet")
+    assert clean["order_id"].tolist() == ["o1", "o2"] and clean["amount_fen"].tolist() == [100, 100]
+    # the repeat of o1 at the unknown store s9 is rejected, so only its first row is kept with a warning
+    assert out["warnings"] == {"orders.store_id": 1}
+    assert [int(r["row"]) for r in rejects(out["warnings_file"])] == [1]
+    # device IDs: the same (record, type, value) twice, after value_md5 is lower-cased, is one fact
+    devices = [(int(r["row"]), r["field"], r["reason"]) for r in rejects(out["rejects_file"])
+               if r["file"].endswith("membership_devices.csv")]
+    assert devices == [(3, "record_id+id_type+value_md5",
+                        "duplicate row (same record_id, id_type, value_md5) (first at row 1)")]
+    assert out["tables"]["membership_devices"] == {"in": 4, "out": 3, "rejected": 1}
+    for table, c in out["tables"].items():
+        assert c["in"] == c["out"] + c["rejected"], table
