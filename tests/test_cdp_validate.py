@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.csv as pacsv
@@ -236,3 +237,25 @@ def test_repeated_keys_are_rejected_after_their_first_row_and_the_first_kept(wor
     assert out["tables"]["membership_devices"] == {"in": 4, "out": 3, "rejected": 1}
     for table, c in out["tables"].items():
         assert c["in"] == c["out"] + c["rejected"], table
+
+
+def test_without_a_work_dir_rejects_and_warnings_are_moved_where_they_outlive_the_run(world, tmp_path):
+    import shutil  # noqa: PLC0415
+
+    from cdp.pipeline import _keep_rejects  # noqa: PLC0415
+
+    (world / "stores.csv").write_text("store_id,region,city,lat,lon,opened_ts\ns2,east,Shanghai,,,1600000000\n")
+    (world / "orders.csv").write_text(EMPTY["orders.csv"].replace(",-5,", ",500,"))  # kept, at an unknown store
+    checked = _keep_rejects(validate(world, tmp_path / "scratch"))
+    shutil.rmtree(tmp_path / "scratch")  # what the end of a run without work_dir does
+    try:
+        assert "rta-cdp-rejects-" in checked["rejects_file"]
+        assert len(rejects(checked["rejects_file"])) == 6 and len(rejects(checked["warnings_file"])) == 1
+    finally:
+        shutil.rmtree(Path(checked["rejects_file"]).parent)
+    (world / "memberships.csv").write_text(MEMBERS_CSV.splitlines()[0] + "\n" + MEMBERS_CSV.splitlines()[1] + "\n")
+    (world / "stores.csv").unlink()
+    for name in ("membership_devices.csv", "orders.csv"):
+        (world / name).write_text(EMPTY[name].splitlines()[0] + "\n")
+    clean = _keep_rejects(validate(world, tmp_path / "scratch2"))
+    assert clean["rejects_file"] is None and clean["warnings_file"] is None  # nothing to keep: no path printed
