@@ -5,11 +5,13 @@ memory), checks each field against cdp.schema.SCHEMAS and the rules below, write
 `{work}/{table}.parquet` for the engine, and every bad row to `{work}/rejects.csv` as
 (file, row, field, reason). Row numbers are 1-based data rows (a CSV's header is not counted).
 Rejected values are not copied to the reject file: they may be personal data (a raw phone number).
-rows in = rows out + rows rejected, per table, always.
+rows in = rows out + rows rejected, per table, always. A row repeating the key (KEYS) of an earlier
+row of its table is rejected after the batch pass (one DuckDB query per table over the clean Parquet).
 
-Phone numbers: a `phone_hash` that is a raw phone number (digits, optional +, 11-15 long) is refused
-unless a `phone_salt` is given, in which case it is replaced by md5(salt + digits) before anything
-else sees it.
+Phone numbers: a `phone_hash` that is a raw phone number (digits, optional +, 11-15 long, once spaces,
+dashes and brackets are removed) is refused unless a `phone_salt` is given, in which case it is
+replaced by md5(salt + digits) before anything else sees it; a Chinese mobile number loses its country
+code (+86, 0086, 86) first, so every way of writing one number hashes alike.
 
 Optional inputs (cdp.schema.OPTIONAL_TABLES, OPTIONAL_COLUMNS) may be absent: an absent table is
 written empty and an absent column as nulls, and the result lists both. References to stores
@@ -56,7 +58,10 @@ KEYS = {
 DUCKDB_MEMORY = "2GB"  # per table being checked for repeats; DuckDB spills the rest to {work_dir}/.duckdb
 STORE_REFERENCES = ("memberships", "orders", "wecom")  # tables whose store_id should name a known store
 RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
-RAW_PHONE = r"^\s*\+?[0-9]{11,15}\s*$"
+RAW_PHONE = r"^\+?[0-9]{11,15}$"  # after PHONE_SEPARATORS are removed
+PHONE_SEPARATORS = r"[\s\-()]"
+# A Chinese mobile number (1 and 10 digits) with its country code, +86, 0086 or 86, is salted without it.
+CN_MOBILE = r"^(\+86|0086|86)(1[0-9]{10})$"
 INT_TEXT = r"^\s*-?[0-9]+\s*$"
 FLOAT_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "t": True, "f": False}
@@ -76,10 +81,11 @@ class InputError(ValueError):
 
 def _source(input_dir: Path, table: str) -> Path | None:
     """The table's file; None for an absent optional table."""
-    for ext in ("parquet", "csv"):
-        path = Path(input_dir) / f"{table}.{ext}"
-        if path.exists():
-            return path
+    found = [path for path in (Path(input_dir) / f"{table}.{ext}" for ext in ("parquet", "csv")) if path.exists()]
+    if len(found) > 1:
+        raise InputError(f"{input_dir}: both {found[0].name} and {found[1].name}; keep only the one to read")
+    if found:
+        return found[0]
     if table in OPTIONAL_TABLES:
         return None
     raise InputError(f"{input_dir}: missing {table}.parquet or {table}.csv")
@@ -229,13 +235,15 @@ def _check_column(table: str, name: str, col: pa.Array,
     if name == "amount_fen":
         problems.append((pc.fill_null(pc.less(col, 0), False).to_numpy(zero_copy_only=False), "must be >= 0"))
     if name == "phone_hash":
-        raw = pc.fill_null(pc.match_substring_regex(col, RAW_PHONE), False)
+        bare = pc.replace_substring_regex(col, PHONE_SEPARATORS, "")
+        raw = pc.fill_null(pc.match_substring_regex(bare, RAW_PHONE), False)
         if salt is None:
             problems.append((raw.to_numpy(zero_copy_only=False),
                              "raw phone number refused; give phone_salt to have it salted and hashed"))
         elif pc.any(raw).as_py():
-            col = pa.array([hashlib.md5((salt + "".join(c for c in v if c.isdigit())).encode()).hexdigest()
-                            if r else v for v, r in zip(col.to_pylist(), raw.to_pylist(), strict=True)], pa.string())
+            digits = pc.replace_substring(pc.replace_substring_regex(bare, CN_MOBILE, r"\2"), "+", "")
+            col = pa.array([hashlib.md5((salt + d).encode()).hexdigest() if r else v for v, d, r in zip(
+                col.to_pylist(), digits.to_pylist(), raw.to_pylist(), strict=True)], pa.string())
     return normalize(table, name, pc.cast(col, want)), problems
 
 
@@ -363,6 +371,9 @@ def validate(input_dir: Path, work_dir: Path, phone_salt: str | None = None,
     kernels and Parquet I/O release the GIL), stores first: the others refer to it."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    if not Path(input_dir).is_dir():
+        raise InputError(f"{input_dir}: no such directory" if not Path(input_dir).exists() else
+                         f"{input_dir}: not a directory (input is a directory of tables)")
     sources = {table: _source(input_dir, table) for table in tables}
     done: dict[str, dict] = {}
     if "stores" in sources:

@@ -69,9 +69,9 @@ def test_with_a_salt_raw_phones_are_hashed_and_kept(world, tmp_path):
     out = validate(world, tmp_path / "work", phone_salt="s3cret")
     assert out["tables"]["memberships"] == {"in": 6, "out": 3, "rejected": 3}
     clean = pd.read_parquet(tmp_path / "work" / "memberships.parquet").set_index("record_id")
-    expected = hashlib.md5(b"s3cret8613812345678").hexdigest()
+    expected = hashlib.md5(b"s3cret13812345678").hexdigest()  # +86 dropped: the same number as r6's
     assert clean.loc["r5", "phone_hash"] == expected
-    assert clean.loc["r6", "phone_hash"] == hashlib.md5(b"s3cret13812345678").hexdigest()
+    assert clean.loc["r6", "phone_hash"] == expected
     assert bool(clean.loc["r6", "is_member"]) is True
     assert "13812345678" not in "".join(clean["phone_hash"].dropna())
 
@@ -259,3 +259,32 @@ def test_without_a_work_dir_rejects_and_warnings_are_moved_where_they_outlive_th
         (world / name).write_text(EMPTY[name].splitlines()[0] + "\n")
     clean = _keep_rejects(validate(world, tmp_path / "scratch2"))
     assert clean["rejects_file"] is None and clean["warnings_file"] is None  # nothing to keep: no path printed
+
+
+@pytest.mark.parametrize("written", ["13812345678", "+8613812345678", "008613812345678", "8613812345678",
+                                     "+86 138 1234 5678", "138-1234-5678", " +86-138-1234-5678 ", "(+86) 13812345678"])
+def test_a_chinese_mobile_number_hashes_alike_however_it_is_written(world, tmp_path, written):
+    (world / "memberships.csv").write_text(MEMBERS_CSV.splitlines()[0] + f"\nr1,store,1700000000,true,,{written},,\n")
+    out = validate(world, tmp_path / "work", phone_salt="s3cret")
+    assert out["tables"]["memberships"] == {"in": 1, "out": 1, "rejected": 0}
+    hashed = pd.read_parquet(tmp_path / "work" / "memberships.parquet")["phone_hash"].tolist()
+    assert hashed == [hashlib.md5(b"s3cret13812345678").hexdigest()]
+    # without a salt every one of these is a raw number and refused
+    out = validate(world, tmp_path / "unsalted")
+    assert out["tables"]["memberships"] == {"in": 1, "out": 0, "rejected": 1}
+
+
+def test_a_foreign_number_keeps_its_country_code(world, tmp_path):
+    header = MEMBERS_CSV.splitlines()[0]
+    (world / "memberships.csv").write_text(header + "\nr1,store,1700000000,true,,+44 7911 123456,,\n")
+    validate(world, tmp_path / "work", phone_salt="s")
+    hashed = pd.read_parquet(tmp_path / "work" / "memberships.parquet")["phone_hash"].tolist()
+    assert hashed == [hashlib.md5(b"s447911123456").hexdigest()]
+
+
+def test_a_missing_input_directory_and_a_table_given_twice_are_clear_errors(world, tmp_path):
+    with pytest.raises(InputError, match="nowhere: no such directory"):
+        validate(tmp_path / "nowhere", tmp_path / "work")
+    pq.write_table(pacsv.read_csv(world / "orders.csv"), world / "orders.parquet")
+    with pytest.raises(InputError, match="both orders.parquet and orders.csv; keep only the one to read"):
+        validate(world, tmp_path / "work")
