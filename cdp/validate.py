@@ -56,6 +56,7 @@ KEYS = {
     "stores": ("store_id",),
 }
 DUCKDB_MEMORY = "2GB"  # per table being checked for repeats; DuckDB spills the rest to {work_dir}/.duckdb
+DUCKDB_THREADS = 1  # tables are checked two at a time already (validate's threads)
 STORE_REFERENCES = ("memberships", "orders", "wecom")  # tables whose store_id should name a known store
 RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
 RAW_PHONE = r"^\+?[0-9]{11,15}$"  # after PHONE_SEPARATORS are removed
@@ -316,8 +317,9 @@ def _repeats(parquet: Path, keys: tuple[str, ...], work_dir: Path) -> tuple[np.n
     by row. One DuckDB aggregation over the keys (it spills to disk past DUCKDB_MEMORY); the rows themselves
     are only looked for when some key repeats."""
     cols = ", ".join(f'"{k}"' for k in keys)
-    with duckdb.connect(config={"threads": 1, "memory_limit": DUCKDB_MEMORY, "preserve_insertion_order": False,
-                                "temp_directory": str(work_dir / ".duckdb")}) as con:
+    config = {"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY, "preserve_insertion_order": False,
+              "temp_directory": str(work_dir / ".duckdb")}
+    with duckdb.connect(config=config) as con:
         quoted = str(parquet).replace("'", "''")
         scan = f"read_parquet('{quoted}', file_row_number = true)"
         if not con.execute(f"SELECT count(*) - count(DISTINCT ({cols})) FROM {scan}").fetchone()[0]:
