@@ -59,10 +59,11 @@ DUCKDB_MEMORY = "2GB"  # per table being checked for repeats; DuckDB spills the 
 DUCKDB_THREADS = 1  # tables are checked two at a time already (validate's threads)
 STORE_REFERENCES = ("memberships", "orders", "wecom")  # tables whose store_id should name a known store
 RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
-RAW_PHONE = r"^\+?[0-9]{11,15}$"  # after PHONE_SEPARATORS are removed
-PHONE_SEPARATORS = r"[\s\-()]"
+# 11-15 digits, an optional + and any spaces, dashes and brackets (PHONE_SEPARATORS) between them
+RAW_PHONE = r"^[\s\-()]*\+?([\s\-()]*[0-9]){11,15}[\s\-()]*$"
+PHONE_SEPARATORS = r"[\s\-()+]"
 # A Chinese mobile number (1 and 10 digits) with its country code, +86, 0086 or 86, is salted without it.
-CN_MOBILE = r"^(\+86|0086|86)(1[0-9]{10})$"
+CN_MOBILE = r"^\+(86|0086)(1[0-9]{10})$"  # matched with a + in front of the bare digits
 INT_TEXT = r"^\s*-?[0-9]+\s*$"
 FLOAT_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "t": True, "f": False}
@@ -236,15 +237,17 @@ def _check_column(table: str, name: str, col: pa.Array,
     if name == "amount_fen":
         problems.append((pc.fill_null(pc.less(col, 0), False).to_numpy(zero_copy_only=False), "must be >= 0"))
     if name == "phone_hash":
-        bare = pc.replace_substring_regex(col, PHONE_SEPARATORS, "")
-        raw = pc.fill_null(pc.match_substring_regex(bare, RAW_PHONE), False)
+        raw = pc.fill_null(pc.match_substring_regex(col, RAW_PHONE), False)
         if salt is None:
             problems.append((raw.to_numpy(zero_copy_only=False),
                              "raw phone number refused; give phone_salt to have it salted and hashed"))
-        elif pc.any(raw).as_py():
-            digits = pc.replace_substring(pc.replace_substring_regex(bare, CN_MOBILE, r"\2"), "+", "")
-            col = pa.array([hashlib.md5((salt + d).encode()).hexdigest() if r else v for v, d, r in zip(
-                col.to_pylist(), digits.to_pylist(), raw.to_pylist(), strict=True)], pa.string())
+        elif pc.any(raw).as_py():  # the few raw numbers only: the separators go, then a Chinese country code
+            at = np.flatnonzero(raw.to_numpy(zero_copy_only=False))
+            bare = pc.replace_substring_regex(pc.take(col, at), PHONE_SEPARATORS, "")
+            digits = pc.replace_substring_regex(pc.utf8_replace_slice(bare, 0, 0, "+"), CN_MOBILE, r"\2")
+            hashed = np.array(col.to_pylist(), dtype=object)
+            hashed[at] = [hashlib.md5((salt + d.lstrip("+")).encode()).hexdigest() for d in digits.to_pylist()]
+            col = pa.array(hashed, pa.string())
     return normalize(table, name, pc.cast(col, want)), problems
 
 
