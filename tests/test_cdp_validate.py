@@ -288,3 +288,16 @@ def test_a_missing_input_directory_and_a_table_given_twice_are_clear_errors(worl
     pq.write_table(pacsv.read_csv(world / "orders.csv"), world / "orders.parquet")
     with pytest.raises(InputError, match="both orders.parquet and orders.csv; keep only the one to read"):
         validate(world, tmp_path / "work")
+
+
+def test_a_repeated_record_id_is_rejected_and_a_corrupt_parquet_file_is_a_clear_error(world, tmp_path):
+    lines = MEMBERS_CSV.splitlines()
+    (world / "memberships.csv").write_text("\n".join([lines[0], lines[1], lines[1].replace("M1", "M9")]) + "\n")
+    out = validate(world, tmp_path / "work")
+    assert [(int(r["row"]), r["field"], r["reason"]) for r in rejects(out["rejects_file"])
+            if r["file"].endswith("memberships.csv")] == [(2, "record_id", "duplicate record_id (first at row 1)")]
+    assert pd.read_parquet(tmp_path / "work" / "memberships.parquet")["member_id"].tolist() == ["M1"]
+    (world / "orders.csv").unlink()
+    (world / "orders.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match="orders.parquet: not a readable Parquet file"):
+        validate(world, tmp_path / "work2")
