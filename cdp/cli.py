@@ -12,7 +12,7 @@ from pathlib import Path
 
 def _common(p: argparse.ArgumentParser, legacy: bool = False) -> None:
     p.add_argument("--config", type=Path, help="YAML CdpConfig file (docs/cdp.md); flags override it")
-    p.add_argument("--input", type=Path, help="directory of input Parquet tables")
+    p.add_argument("--input", type=Path, help="directory of the input tables ({table}.parquet or {table}.csv)")
     p.add_argument("--engine", choices=["duckdb", "pyspark"])
     p.add_argument("--as-of", type=dt.date.fromisoformat)
     p.add_argument("--state-dir", type=Path, help="keeps the last run's OneID map and export digests (state_dir)")

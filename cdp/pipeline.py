@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -121,13 +123,16 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     as_of = world_as_of(cfg.input, cfg.as_of)
     work = Path(cfg.work_dir or engine.scratch_dir("rta-cdp-work-"))
     checked = validate.validate(cfg.input, work, cfg.phone_salt, tables=CDP_TABLES)
+    if cfg.work_dir is None:
+        checked = _keep_rejects(checked)
     counts = "; ".join(f"{t} {c['in']:,} in = {c['out']:,} out + {c['rejected']:,} rejected"
                        for t, c in checked["tables"].items())
     notes = "".join(f"; {label}: {value}" for label, value in (
         ("absent optional tables (read as empty)", ", ".join(checked["absent_tables"])),
         ("absent optional columns (read as null)", checked["absent_columns"]),
         (f"kept with a warning ({checked['warnings_file']})", checked["warnings"])) if value)
-    stages.done("ingest", f"{counts} (rejects: {checked['rejects_file']}){notes}")
+    listed = f"rejects: {checked['rejects_file']}" if checked["rejects_file"] else "no rejects"
+    stages.done("ingest", f"{counts} ({listed}){notes}")
     con = engine.connect(cfg.engine, **cfg.engine_options)
     tables = ingest.read_parquet(con, work)
     guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()), tuple(cfg.blocked_identifiers))
@@ -158,6 +163,19 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
                 f"{stages.tags['wecom_events_unattached']:,}; segments {stages.tags['segments']}")
     stages.ingest = checked
     return con, stages, profiles, index, res, as_of
+
+
+def _keep_rejects(checked: dict) -> dict:
+    """Without a work_dir the work files go at exit, but rejected rows and warnings are what a user must read
+    after the run: they are moved to a directory of their own that stays (`rta-cdp-rejects-*` in the system
+    temp dir). With none, the result says so (None) rather than naming a file about to be removed."""
+    rejected = any(c["rejected"] for c in checked["tables"].values())
+    if not rejected and not checked["warnings"]:
+        return {**checked, "rejects_file": None, "warnings_file": None}
+    kept = Path(tempfile.mkdtemp(prefix="rta-cdp-rejects-"))
+    moved = {key: str(shutil.move(checked[key], kept / Path(checked[key]).name)) if present else None
+             for key, present in (("rejects_file", rejected), ("warnings_file", bool(checked["warnings"])))}
+    return {**checked, **moved}
 
 
 IDENTIFIERS_FILE = "identifiers.parquet"

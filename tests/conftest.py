@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 import redis
 
 from rta_service.embedded_redis import EmbeddedRedis
+
+
+@pytest.fixture(autouse=True)
+def _temp_dirs_under_pytest(monkeypatch, tmp_path_factory):
+    """Temporary directories go under pytest's base temp dir, which pytest prunes, not /tmp: a run without
+    work_dir keeps its rejects in a temp dir on purpose (cdp.pipeline._keep_rejects)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="session")
