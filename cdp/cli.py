@@ -11,23 +11,31 @@ from pathlib import Path
 
 
 def _common(p: argparse.ArgumentParser, legacy: bool = False) -> None:
-    p.add_argument("--config", type=Path, help="YAML CdpConfig file (docs/cdp.md); flags override it")
-    p.add_argument("--input", type=Path, help="directory of the input tables ({table}.parquet or {table}.csv)")
-    p.add_argument("--engine", choices=["duckdb", "pyspark"])
-    p.add_argument("--as-of", type=dt.date.fromisoformat)
-    p.add_argument("--state-dir", type=Path, help="keeps the last run's OneID map and export digests (state_dir)")
-    p.add_argument("--work-dir", type=Path, help="keep validated tables, rejects.csv and tags.parquet here")
+    """The shared options. The top-level `rta cdp` parser (legacy) holds their defaults; a subcommand's copies
+    default to SUPPRESS, so an option given before the subcommand (`rta cdp --namespace x run`) is kept, not
+    silently reset by the subcommand's default, and one given after it wins."""
+    def add(*flags, **kw):
+        if not legacy:
+            kw["default"] = argparse.SUPPRESS
+        p.add_argument(*flags, **kw)
+
+    add("--config", type=Path, help="YAML CdpConfig file (docs/cdp.md); flags override it")
+    add("--input", type=Path, help="directory of the input tables ({table}.parquet or {table}.csv)")
+    add("--engine", choices=["duckdb", "pyspark"])
+    add("--as-of", type=dt.date.fromisoformat)
+    add("--state-dir", type=Path, help="keeps the last run's OneID map and export digests (state_dir)")
+    add("--work-dir", type=Path, help="keep validated tables, rejects.csv and tags.parquet here")
     if legacy or p.prog.endswith("run"):
-        p.add_argument("--redis-url", default=os.environ.get("RTA_REDIS_URL"))
-        p.add_argument("--namespace", default=os.environ.get("RTA_REDIS_NAMESPACE"))
-        p.add_argument("--grace-s", type=float, help="wait before deleting the old generation (default 5)")
-        p.add_argument("--export-mode", choices=["full", "incremental"],
-                       help="full: a new generation; incremental: only changed entries (needs state_dir)")
-        p.add_argument("--write-rate", type=float, help="device entries per second written to Redis (0 = unlimited)")
-        p.add_argument("--max-shrink", type=float,
-                       help="refuse an export with this fraction fewer device entries than the live one (default 0.5)")
-        p.add_argument("--allow-shrink", action="store_true", default=None,
-                       help="publish even if the export empties the live store or shrinks it past max_shrink")
+        add("--redis-url", default=os.environ.get("RTA_REDIS_URL"))
+        add("--namespace", default=os.environ.get("RTA_REDIS_NAMESPACE"))
+        add("--grace-s", type=float, help="wait before deleting the old generation (default 5)")
+        add("--export-mode", choices=["full", "incremental"],
+            help="full: a new generation; incremental: only changed entries (needs state_dir)")
+        add("--write-rate", type=float, help="device entries per second written to Redis (0 = unlimited)")
+        add("--max-shrink", type=float,
+            help="refuse an export with this fraction fewer device entries than the live one (default 0.5)")
+        add("--allow-shrink", action="store_true", default=None,
+            help="publish even if the export empties the live store or shrinks it past max_shrink")
 
 
 def add_parser(sub) -> None:

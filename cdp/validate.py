@@ -112,9 +112,13 @@ def _open(path: Path, table: str) -> tuple[list[str], object, list[tuple[int, in
                                     convert_options=pacsv.ConvertOptions(
                                         column_types=types, null_values=[""], strings_can_be_null=True,
                                         quoted_strings_can_be_null=False))
+            names = reader.schema.names  # decoded here: a header row that is not UTF-8 fails now
         except pa.ArrowInvalid as e:
             raise _csv_error(path, e, None) from None
-        names, batches = reader.schema.names, _csv_batches(path, reader)
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: the header row is not UTF-8 text (save the file as UTF-8; GBK is not read)"
+                             ) from None
+        batches = _csv_batches(path, reader)
     else:
         try:
             file = pq.ParquetFile(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -313,6 +314,17 @@ def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
     assert "pairwise_precision" not in plain and plain["accuracy"].startswith("not measured: no truth")
     assert (plain["records"], plain["one_ids"]) == (report["identity"]["records"], report["identity"]["one_ids"])
     assert 1 < plain["largest_cluster"] <= 200 and 0 < plain["one_ids_with_several_records"] < plain["one_ids"]
+
+
+def test_options_before_the_subcommand_are_kept_and_after_it_win():
+    parse = cli.build_parser().parse_args
+    before = parse(["cdp", "--redis-url", "redis://h:1/0", "--namespace", "t9", "--allow-shrink",
+                    "run", "--input", "w"])
+    assert (before.redis_url, before.namespace, before.allow_shrink, str(before.input)) == (
+        "redis://h:1/0", "t9", True, "w")
+    after = parse(["cdp", "--namespace", "a", "run", "--namespace", "b", "--input", "w"])
+    assert after.namespace == "b" and after.redis_url == os.environ.get("RTA_REDIS_URL")
+    assert str(parse(["cdp", "--input", "w", "report"]).input) == "w"
 
 
 def test_cdp_run_incremental_from_the_command_line(small_world, redis_url, tmp_path, capsys):

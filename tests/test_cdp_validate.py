@@ -188,6 +188,12 @@ def test_a_file_that_is_not_utf8_or_empty_is_an_input_error_naming_it_without_it
         validate(world, tmp_path / "work")
     assert str(error.value) == f"{world / 'orders.csv'}: row 1, field category is not UTF-8 text " \
                                "(save the file as UTF-8; GBK is not read)"
+    (world / "orders.csv").write_bytes("order_id,record_id,channel,store_id,ts,amount_fen,类别\n"
+                                       "o1,r1,store,s1,1700000001,100,tops\n".encode("gbk"))
+    with pytest.raises(InputError) as error:  # a header in GBK: decoded as the file is opened
+        validate(world, tmp_path / "work")
+    assert str(error.value) == f"{world / 'orders.csv'}: the header row is not UTF-8 text " \
+                               "(save the file as UTF-8; GBK is not read)"
     (world / "orders.csv").write_text("")
     with pytest.raises(InputError, match="orders.csv: empty file"):
         validate(world, tmp_path / "work")
