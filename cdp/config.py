@@ -39,6 +39,8 @@ def _identifier_key(key: str) -> str:
         raise ValueError(f"{key!r} is not an identifier key: expected `kind:value` with kind one of "
                          f"{', '.join(_KEY_PARTS)} (`buyer:{{channel}}:value`, `openid:{{channel}}:value`, "
                          "`dev:{type code}:md5`), as ClusterTooLarge prints it")
+    if kind in ("phone", "dev"):  # hex digests: matched against the lower-case values ingest normalises to
+        key = key[:key.rindex(":") + 1] + key[key.rindex(":") + 1:].lower()
     return key
 
 
@@ -71,6 +73,8 @@ class CdpConfig(BaseModel):
     phone_salt: str | None = None  # when set, raw phone numbers are salted and hashed; else such rows are rejected
     work_dir: Path | None = None  # validated tables, rejects.csv, tags.parquet; default: a temp dir removed at exit
     state_dir: Path | None = None  # the last run's identifier -> OneID map: OneIDs carried over, changes logged
+    # a table losing more than this share of its rows to rejects fails the run after ingest (a wrong extract)
+    max_reject_share: Annotated[float, Field(ge=0, le=1)] = 0.2
     max_cluster_size: Annotated[int, Field(ge=2)] = 200  # records in one OneID; past it the run fails
     # most distinct values of an identifier kind one person may hold; the excess stop linking (docs/cdp.md)
     identifier_caps: dict[IdentifierKind, Annotated[int, Field(ge=1)]] = Field(
@@ -81,7 +85,8 @@ class CdpConfig(BaseModel):
     # YAML segments over tags (cdp/tags.py), checked here against the tags' types; after `predictive`, whose
     # score tags they may use
     segments_file: Path | None = None
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # redis://, rediss://, unix:// or redis+cluster:// (a Redis Cluster, cdp/export.py)
+    redis_url: Annotated[str, Field(pattern=r"^(redis|rediss|unix|redis\+cluster)://")] = "redis://127.0.0.1:6379/0"
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "rta"
     grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # before deleting the old generation
     # full: a new generation, switched atomically; incremental: only changed device entries, into the live one
@@ -121,8 +126,12 @@ def _tag_types(predictive: PredictiveConfig | None) -> dict:
     return tags.tag_types(tags.score_tags(predictive.horizon_days) if predictive.enabled else ())
 
 
+FILE_PATHS = ("input", "work_dir", "state_dir", "segments_file")  # read relative to the config file's folder
+
+
 def load_config(path: Path | None = None, **overrides: Any) -> CdpConfig:
-    """Defaults < YAML file < overrides (None values ignored). Raises SettingsError listing every problem."""
+    """Defaults < YAML file < overrides (None values ignored); relative paths in the file are relative to it,
+    those of overrides (flags) to the working directory. Raises SettingsError listing every problem."""
     values: dict[str, Any] = {}
     if path:
         try:
@@ -131,6 +140,9 @@ def load_config(path: Path | None = None, **overrides: Any) -> CdpConfig:
             raise SettingsError(f"{path}: {exc}") from exc
         if not isinstance(values, dict):
             raise SettingsError(f"{path}: expected a mapping of settings")
+        for key in FILE_PATHS:  # a relative path in the file is relative to the file, wherever the job runs from
+            if isinstance(values.get(key), str) and not Path(values[key]).expanduser().is_absolute():
+                values[key] = str(Path(path).parent / values[key])
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return CdpConfig(**values)

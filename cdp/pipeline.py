@@ -133,6 +133,7 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
         (f"kept with a warning ({checked['warnings_file']})", checked["warnings"])) if value)
     listed = f"rejects: {checked['rejects_file']}" if checked["rejects_file"] else "no rejects"
     stages.done("ingest", f"{counts} ({listed}){notes}")
+    validate.check_reject_share(checked["tables"], cfg.max_reject_share, checked["rejects_file"])
     con = engine.connect(cfg.engine, **cfg.engine_options)
     tables = ingest.read_parquet(con, work)
     guardrails = Guardrails(cfg.max_cluster_size, tuple(cfg.identifier_caps.items()), tuple(cfg.blocked_identifiers))
@@ -157,7 +158,7 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
                    "best_store_source": _distribution(tagged, "best_store_source"),
                    "wecom_events_unattached": unattached_events(tables["wecom_interactions"], res.identifiers,
                                                                 cutoff_ts(as_of)),
-                   "file": str(work / "tags.parquet")}
+                   "file": str(work / "tags.parquet") if cfg.work_dir else None}  # else removed at exit
     stages.done("segments", f"lifecycle {stages.tags['lifecycle']}; best store from "
                 f"{stages.tags['best_store_source']}; WeCom events of no known person "
                 f"{stages.tags['wecom_events_unattached']:,}; segments {stages.tags['segments']}")
@@ -277,6 +278,7 @@ def check_redis(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -
 
 def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Build profiles as configured and export them as a new generation; returns a summary."""
+    validate.find_sources(cfg.input, CDP_TABLES)  # a wrong --input is said before Redis is even asked
     redis_check = check_redis(cfg, progress)  # minutes of work are not spent before finding Redis unreachable
     stages = Stages(progress)
     try:

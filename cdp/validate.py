@@ -374,18 +374,35 @@ def _drop_repeats(table: str, path: Path | None, work_dir: Path, gone: np.ndarra
     return {"rows": len(repeat), "warned": len(warnings) - len(kept)}
 
 
+def find_sources(input_dir: Path, tables: tuple[str, ...] = tuple(SCHEMAS)) -> dict[str, Path | None]:
+    """Each table's file (None for an absent optional table); an InputError for a missing directory or
+    required table, or a table given both as CSV and as Parquet. Cheap: `rta cdp run` calls it first."""
+    if not Path(input_dir).is_dir():
+        raise InputError(f"{input_dir}: no such directory" if not Path(input_dir).exists() else
+                         f"{input_dir}: not a directory (input is a directory of tables)")
+    return {table: _source(input_dir, table) for table in tables}
+
+
+def check_reject_share(counts: dict[str, dict], max_share: float, rejects_file: str | None) -> None:
+    """An InputError when some table lost more than `max_share` of its rows to rejects: a wrong extract
+    (milliseconds for seconds, another file's columns) must not become a run that exports people with
+    their orders missing."""
+    over = [f"{table} {c['rejected']:,} of {c['in']:,} rows ({c['rejected'] / c['in']:.0%})"
+            for table, c in counts.items() if c["in"] and c["rejected"] > max_share * c["in"]]
+    if over:
+        raise InputError(f"rejected rows above max_reject_share {max_share:g}: {'; '.join(over)}; the reasons are "
+                         f"in {rejects_file}; nothing was exported (raise max_reject_share to go on regardless)")
+
+
 def validate(input_dir: Path, work_dir: Path, phone_salt: str | None = None,
              tables: tuple[str, ...] = tuple(SCHEMAS), threads: int = 2) -> dict:
     """Write clean Parquet for `tables` to work_dir, bad rows to work_dir/rejects.csv and kept rows that
     name an unknown store to work_dir/warnings.csv; returns counts per table, absent optional tables and
     columns, and warning counts per `table.field`. Tables are checked `threads` at a time (Arrow's
     kernels and Parquet I/O release the GIL), stores first: the others refer to it."""
+    sources = find_sources(input_dir, tables)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    if not Path(input_dir).is_dir():
-        raise InputError(f"{input_dir}: no such directory" if not Path(input_dir).exists() else
-                         f"{input_dir}: not a directory (input is a directory of tables)")
-    sources = {table: _source(input_dir, table) for table in tables}
     done: dict[str, dict] = {}
     if "stores" in sources:
         done["stores"] = _validate_table("stores", sources["stores"], work_dir, phone_salt, None)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import redis
 
-from cdp import engine, identity, ingest, pipeline, tags
+from cdp import engine, identity, ingest, pipeline, tags, validate
 from cdp.config import CdpConfig, load_config
 from cdp.export import RedisUnavailable, export
 from cdp.pipeline import read_tables, report, run, run_config
@@ -302,6 +302,7 @@ def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
     assert summary["export"]["generation"] == 1 and summary["segments"]["profiles"] == summary["profiles"]
     assert "[cdp] ingest" in err and "[cdp] export" in err and "[cdp] predictive" in err
     assert set(summary["predictive"]["models"]) == {"p_first_purchase", "p_repurchase_30d"}
+    assert summary["tags"]["file"] is None  # no work_dir: the file went with the run's temp dir
     assert cli.main(["cdp", "report", "--input", str(small_world)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["identity"]["pairwise_precision"] >= 0.999 and report["identity"]["true_persons"] == 3000
@@ -314,6 +315,35 @@ def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
     assert "pairwise_precision" not in plain and plain["accuracy"].startswith("not measured: no truth")
     assert (plain["records"], plain["one_ids"]) == (report["identity"]["records"], report["identity"]["one_ids"])
     assert 1 < plain["largest_cluster"] <= 200 and 0 < plain["one_ids_with_several_records"] < plain["one_ids"]
+
+
+def test_paths_in_a_config_file_are_relative_to_it_and_the_redis_url_scheme_is_checked(tmp_path, monkeypatch):
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "segments.yaml").write_text("segments:\n  buyers: [[order_count, '>=', 1]]\n")
+    (folder / "cdp.yaml").write_text("input: world\nsegments_file: segments.yaml\nstate_dir: ../state\n")
+    monkeypatch.chdir(tmp_path)  # anywhere but the file's folder
+    cfg = load_config(folder / "cdp.yaml", work_dir=Path("work"))
+    assert (cfg.input, cfg.segments_file, cfg.state_dir) == (folder / "world", folder / "segments.yaml",
+                                                             folder / ".." / "state")
+    assert cfg.work_dir == Path("work")  # a flag's path is the working directory's
+    with pytest.raises(SettingsError, match="redis_url"):
+        load_config(None, input=tmp_path, redis_url="http://127.0.0.1:6379")
+
+
+def test_a_table_mostly_rejected_fails_the_run_and_a_wrong_input_is_said_before_redis(small_world, tmp_path):
+    world = tmp_path / "ms-world"
+    shutil.copytree(small_world, world)
+    orders = pd.read_parquet(world / "orders.parquet")
+    orders["ts"] = orders["ts"] * 1000  # milliseconds: every row rejected
+    orders.to_parquet(world / "orders.parquet", index=False)
+    cfg = load_config(input=world, predictive={"enabled": False})
+    with pytest.raises(validate.InputError, match=r"max_reject_share 0.2: orders [\d,]+ of [\d,]+ rows \(100%\)"):
+        report(cfg)
+    assert report(load_config(input=world, predictive={"enabled": False}, max_reject_share=1))["ingest"]
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(validate.InputError, match="no such directory"):  # not RedisUnavailable
+        run_config(load_config(input=tmp_path / "nope", redis_url=down))
 
 
 def test_options_before_the_subcommand_are_kept_and_after_it_win():
@@ -364,6 +394,9 @@ def test_a_cluster_past_the_size_limit_fails_the_run_naming_the_shared_value_and
 def test_blocked_identifiers_are_validated_and_reach_the_oneid_stage(tmp_path):
     cfg = CdpConfig(input=tmp_path, blocked_identifiers=["phone:abc", "buyer:tmall:b1", "dev:1:" + "a" * 32])
     assert cfg.blocked_identifiers == ["phone:abc", "buyer:tmall:b1", "dev:1:" + "a" * 32]
+    # hex digests are matched in lower case, as ingest normalises them; other values exactly as given
+    upper = CdpConfig(input=tmp_path, blocked_identifiers=["phone:ABC", "dev:1:" + "A" * 32, "member:M1"])
+    assert upper.blocked_identifiers == ["phone:abc", "dev:1:" + "a" * 32, "member:M1"]
     with pytest.raises(SettingsError) as err:
         load_config(None, input=tmp_path, blocked_identifiers=["abc", "phone:", "buyer:b1", "email:x"])
     assert [f"blocked_identifiers.{i}" in str(err.value) for i in range(4)] == [True] * 4
