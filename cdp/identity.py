@@ -268,6 +268,7 @@ class Resolution:
     rounds: int
     sizes: ir.Table  # [one_id, size]: records per OneID
     tags: ir.Table | None = None  # cdp.tags.tag_table, when asked for
+    capped: int = 0  # identifier values past their kind's per-person cap, which no longer link
 
     def release(self) -> None:
         for t in (self.records, self.identifiers):
@@ -285,7 +286,7 @@ def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDR
     dropped = int(capped.count().to_pyarrow().as_py()) if capped is not None else 0
     components = None  # the components before the caps, when the caps split some
     if dropped:
-        log.warning("%d identifier values exceed the per-person cap of their kind and no longer link", dropped)
+        log.debug("%d identifier values exceed the per-person cap of their kind and no longer link", dropped)
         components = nodes.select("node", component="label").pipe(materialize)
         nodes, keys, more = _recluster(e, nodes, keys, capped)
         rounds += more
@@ -314,7 +315,7 @@ def resolve(tables: dict[str, ir.Table], guardrails: Guardrails = DEFAULT_GUARDR
     finally:
         for done in (nodes, keys, names, e, *(() if components is None else (components,))):
             release(done)
-    return Resolution(rec, ids, rounds, sizes)
+    return Resolution(rec, ids, rounds, sizes, capped=dropped)
 
 
 MAX_RENAMES = 8  # rounds of inherit()'s clash repair; each is needed only if the one before clashed

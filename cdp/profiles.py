@@ -134,7 +134,8 @@ def profile_tables(tables: dict[str, ir.Table], as_of: dt.date, built_ts: int | 
     t = {name: table.pipe(materialize) for name, table in before(tables, cutoff).items()}
     stage("load", f"the inputs before {as_of} 00:00 UTC+8")
     res = resolve(t, guardrails, previous)
-    stage("oneid", f"{res.rounds} label-propagation rounds")
+    stage("oneid", f"{res.rounds} label-propagation rounds" + (
+        f"; {res.capped:,} identifier values past their kind's per-person cap no longer link" if res.capped else ""))
     index = device_index(res.identifiers).pipe(materialize)
     built = int(time.time()) if built_ts is None else built_ts
     joined = with_one_ids(t, res)

@@ -694,6 +694,10 @@ def test_identifier_values_past_the_per_person_cap_stop_linking():
     ids = dict(zip(records["record_id"], records["one_id"], strict=True))
     assert ids["a"] == ids["a2"] == ids["b"] == ids["c"]  # member id M still joins them ...
     assert ids["c2"] != ids["a"]  # ... but c2 was linked only through P3, now dropped (P1 is older)
+    con = engine.connect()
+    needed = {name: tables[name] for name in ("memberships", "membership_devices", "wecom")}
+    res = identity.resolve(ingest.register(con, needed), identity.Guardrails(caps=(("phone", 1),)))
+    assert res.capped == 2  # P2 and P3, counted for the oneid stage's line
 
 
 def test_a_repeated_input_row_does_not_count_as_another_record_holding_its_values():
