@@ -340,6 +340,9 @@ def report(cfg: CdpConfig, progress: Callable[[str], None] | None = None) -> dic
     out["segments"] = segment_sizes(profiles)
     out["tags"] = stages.tags
     out["predictive"] = stages.predictive
-    stages.done("report")
+    ident = out["identity"]
+    stages.done("report", f"{ident['records']:,} records in {ident['one_ids']:,} OneIDs; " + (
+        f"pairwise precision {ident['pairwise_precision']}, recall {ident['pairwise_recall']}, "
+        f"{ident['true_persons']:,} true persons" if "pairwise_precision" in ident else ident["accuracy"]))
     out["stage_seconds"], out["stage_peak_rss_mib"] = stages.seconds, stages.peak_rss_mib
     return out

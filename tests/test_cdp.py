@@ -304,7 +304,9 @@ def test_cdp_run_and_report_commands(small_world, redis_url, tmp_path, capsys):
     assert set(summary["predictive"]["models"]) == {"p_first_purchase", "p_repurchase_30d"}
     assert summary["tags"]["file"] is None  # no work_dir: the file went with the run's temp dir
     assert cli.main(["cdp", "report", "--input", str(small_world)]) == 0
-    report = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert f"OneIDs; pairwise precision {report['identity']['pairwise_precision']}, recall" in err
     assert report["identity"]["pairwise_precision"] >= 0.999 and report["identity"]["true_persons"] == 3000
     assert report["identity"]["one_ids"] == summary["profiles"]
     assert report["predictive"]["models"] == summary["predictive"]["models"]  # same data, same seed
