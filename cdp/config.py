@@ -55,6 +55,9 @@ class PredictiveConfig(BaseModel):
     min_positives: Annotated[int, Field(ge=1)] = 50  # fewer positives in the training window: no model
     max_train_rows: Annotated[int, Field(ge=1000)] = 500_000  # OneIDs per population, sampled by OneID hash
     seed: int = 7
+    # with state_dir: models saved by a published run are reused (no T0 pass, no training) until they are this
+    # many days older than as_of, if trained with the same settings; 0 = retrain every run (docs/cdp.md)
+    retrain_days: Annotated[int, Field(ge=0, le=3650)] = 7
     # scores go to Redis rounded to multiples of this (0 = full precision), so a score that moves less than a
     # step between runs (models are retrained, features age daily) does not make an incremental export rewrite it
     export_resolution: Annotated[float, Field(ge=0, le=0.5)] = 0.01
