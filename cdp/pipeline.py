@@ -147,7 +147,7 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     base_tags = res.tags  # materialised by profile_tables; released once written to tags.parquet
     if cfg.predictive.enabled:
         stages.predictive, res.tags = predictive.stage(cfg.predictive, tables, res, profiles, as_of, work,
-                                                       guardrails, progress)
+                                                       guardrails, progress, cfg.state_dir, save_state)
         stages.done("predictive", predictive.headline(stages.predictive))
     apply_segments(res.tags, segments).to_parquet(work / "tags.parquet")
     # From here on the tags (with scores and a segment_{name} flag per YAML segment, which the export carries)
