@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 import redis
 
-from cdp import engine, identity, ingest, predictive
+from cdp import engine, identity, ingest, pipeline, predictive
 from cdp import tags as cdp_tags
 from cdp.config import CdpConfig, PredictiveConfig
 from cdp.pipeline import build, read_tables, report, run_config
 from cdp.profiles import cutoff_ts, profile_tables
 from cdp.state import commit_state
 from rta_service import keyspace
+from rta_service.embedded_redis import free_port
 from simulate.world import simulate
 
 AS_OF = dt.date(2026, 6, 1)
@@ -399,3 +400,22 @@ def test_a_skipped_model_stays_skipped_while_its_models_are_reused(world, tmp_pa
     assert all("skipped" in info for info in stages.predictive["models"].values())
     tags = res.tags.to_pandas()
     assert tags[predictive.FIRST].isna().all() and tags[REPURCHASE].isna().all()
+
+
+def test_models_trained_by_a_run_whose_export_fails_are_not_kept(world, saved_state, tmp_path, redis_url,
+                                                                   monkeypatch):
+    state = tmp_path / "state"
+    shutil.copytree(saved_state, state)
+    manifest = (state / "models" / "manifest.json").read_bytes()
+    week_later = CdpConfig(input=world, work_dir=tmp_path / "failed", state_dir=state, as_of=AS_OF + dt.timedelta(7),
+                           redis_url=f"redis://127.0.0.1:{free_port()}/0", grace_s=0)
+    monkeypatch.setattr(pipeline, "check_redis", lambda *_a, **_k: {})  # as if Redis went away during the run
+    with pytest.raises(redis.ConnectionError):
+        run_config(week_later)
+    assert (state / "models" / "manifest.json.pending").exists()  # trained (7 of 7 days), not put in place
+    assert (state / "models" / "manifest.json").read_bytes() == manifest
+    next_day = CdpConfig(input=world, work_dir=tmp_path / "next", state_dir=state, as_of=AS_OF + dt.timedelta(1),
+                         redis_url=redis_url, grace_s=0)
+    summary = run_config(next_day)
+    assert summary["predictive"]["training"]["note"] == f"reused, trained as of {AS_OF}, 1 of 7 days"
+    assert not list(state.rglob("*.pending")) and (state / "models" / "manifest.json").read_bytes() == manifest
