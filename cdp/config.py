@@ -73,7 +73,9 @@ class CdpConfig(BaseModel):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     phone_salt: str | None = None  # when set, raw phone numbers are salted and hashed; else such rows are rejected
     work_dir: Path | None = None  # validated tables, rejects.csv, tags.parquet; default: a temp dir removed at exit
-    state_dir: Path | None = None  # the last run's identifier -> OneID map: OneIDs carried over, changes logged
+    # the last run's identifier -> OneID map (OneIDs carried over, changes logged), its predictive models (reused
+    # for predictive.retrain_days) and its export's digests
+    state_dir: Path | None = None
     max_cluster_size: Annotated[int, Field(ge=2)] = 200  # records in one OneID; past it the run fails
     # most distinct values of an identifier kind one person may hold; the excess stop linking (docs/cdp.md)
     identifier_caps: dict[IdentifierKind, Annotated[int, Field(ge=1)]] = Field(
