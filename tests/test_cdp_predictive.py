@@ -14,12 +14,13 @@ import redis
 
 from cdp import engine, identity, ingest, pipeline, predictive
 from cdp import tags as cdp_tags
-from cdp.config import CdpConfig, PredictiveConfig
+from cdp.config import CdpConfig, PredictiveConfig, load_config
 from cdp.pipeline import build, read_tables, report, run_config
 from cdp.profiles import cutoff_ts, profile_tables
 from cdp.state import commit_state
 from rta_service import keyspace
 from rta_service.embedded_redis import free_port
+from rta_service.settings import SettingsError
 from simulate.world import simulate
 
 AS_OF = dt.date(2026, 6, 1)
@@ -419,3 +420,9 @@ def test_models_trained_by_a_run_whose_export_fails_are_not_kept(world, saved_st
     summary = run_config(next_day)
     assert summary["predictive"]["training"]["note"] == f"reused, trained as of {AS_OF}, 1 of 7 days"
     assert not list(state.rglob("*.pending")) and (state / "models" / "manifest.json").read_bytes() == manifest
+
+
+def test_retrain_days_is_validated_with_the_other_settings(world):
+    with pytest.raises(SettingsError, match=r"predictive\.retrain_days.*greater than or equal to 0"):
+        load_config(None, input=world, predictive={"retrain_days": -1})
+    assert load_config(None, input=world).predictive.retrain_days == 7
