@@ -57,6 +57,9 @@ class PredictiveConfig(BaseModel):
     min_positives: Annotated[int, Field(ge=1)] = 50  # fewer positives in the training window: no model
     max_train_rows: Annotated[int, Field(ge=1000)] = 500_000  # OneIDs per population, sampled by OneID hash
     seed: int = 7
+    # with state_dir: models saved by a published run are reused (no T0 pass, no training) until they are this
+    # many days older than as_of, if trained with the same settings; 0 = retrain every run (docs/cdp.md)
+    retrain_days: Annotated[int, Field(ge=0, le=3650)] = 7
     # scores go to Redis rounded to multiples of this (0 = full precision), so a score that moves less than a
     # step between runs (models are retrained, features age daily) does not make an incremental export rewrite it
     export_resolution: Annotated[float, Field(ge=0, le=0.5)] = 0.01
@@ -72,7 +75,9 @@ class CdpConfig(BaseModel):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     phone_salt: str | None = None  # when set, raw phone numbers are salted and hashed; else such rows are rejected
     work_dir: Path | None = None  # validated tables, rejects.csv, tags.parquet; default: a temp dir removed at exit
-    state_dir: Path | None = None  # the last run's identifier -> OneID map: OneIDs carried over, changes logged
+    # the last run's identifier -> OneID map (OneIDs carried over, changes logged), its predictive models (reused
+    # for predictive.retrain_days) and its export's digests
+    state_dir: Path | None = None
     # a table losing more than this share of its rows to rejects fails the run after ingest (a wrong extract)
     max_reject_share: Annotated[float, Field(ge=0, le=1)] = 0.2
     max_cluster_size: Annotated[int, Field(ge=2)] = 200  # records in one OneID; past it the run fails

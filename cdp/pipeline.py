@@ -30,6 +30,7 @@ from .ingest import CDP_TABLES
 from .profiles import cutoff_ts, index_frame, profile_tables, to_frame
 from .report import identity_accuracy, identity_counts, segment_sizes
 from .schema import OPTIONAL_TABLES
+from .state import commit_state, discard_pending, pending
 from .tags import apply_segments, unattached_events, with_segments
 from .tags import segment_sizes as tag_segment_sizes
 
@@ -147,7 +148,7 @@ def build(cfg: CdpConfig, progress: Callable[[str], None] | None = None, built_t
     base_tags = res.tags  # materialised by profile_tables; released once written to tags.parquet
     if cfg.predictive.enabled:
         stages.predictive, res.tags = predictive.stage(cfg.predictive, tables, res, profiles, as_of, work,
-                                                       guardrails, progress)
+                                                       guardrails, progress, cfg.state_dir, save_state)
         stages.done("predictive", predictive.headline(stages.predictive))
     apply_segments(res.tags, segments).to_parquet(work / "tags.parquet")
     # From here on the tags (with scores and a segment_{name} flag per YAML segment, which the export carries)
@@ -190,9 +191,6 @@ def _distribution(t, column: str) -> dict[str, int]:
 CHANGES_DIR = "oneid_changes"  # a Parquet file of merges, splits and renames per run that had any, named by time
 
 
-PENDING = ".pending"  # this run's state files, renamed into place once its export has succeeded
-
-
 def last_run_identifiers(con, state_dir: Path | None):
     """The [key, one_id] map the last published run left in state_dir, on `con`; None without one."""
     path = Path(state_dir) / IDENTIFIERS_FILE if state_dir else None
@@ -210,24 +208,15 @@ def _compare_with_last_run(state_dir: Path, previous, res, save: bool = True) ->
         moved, log_frame = compare(previous, res.identifiers)
     if not save:
         return moved
-    for stale in state_dir.rglob(f"*{PENDING}"):  # left by a run whose export failed
-        stale.unlink()
+    discard_pending(state_dir)  # left by a run whose export failed
     if log_frame is not None and len(log_frame):
         log_dir = state_dir / CHANGES_DIR
         log_dir.mkdir(parents=True, exist_ok=True)
         moved["log"] = str(log_dir / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.parquet")
-        log_frame.to_parquet(moved["log"] + PENDING, index=False)
+        log_frame.to_parquet(pending(Path(moved["log"])), index=False)
     state_dir.mkdir(parents=True, exist_ok=True)
-    res.identifiers.to_parquet(state_dir / (IDENTIFIERS_FILE + PENDING))
+    res.identifiers.to_parquet(pending(state_dir / IDENTIFIERS_FILE))
     return moved
-
-
-def commit_state(state_dir: Path | None) -> None:
-    """Put the pending OneID state of this run in place (after its export succeeded)."""
-    if state_dir is None:
-        return
-    for pending in sorted(Path(state_dir).rglob(f"*{PENDING}")):
-        pending.replace(pending.with_name(pending.name.removesuffix(PENDING)))
 
 
 def collect(stages: Stages, profile_t, index_t, res) -> tuple[pd.DataFrame, pd.DataFrame, dict]:

@@ -22,14 +22,24 @@ features (pandas + LightGBM): the training set is sampled in the engine to at mo
 OneIDs per population (by OneID hash, so both engines pick the same ones), and scoring reads the
 features in batches (`batches`), so memory holds one batch's features at a time.
 With fewer than min_positives positives a model is not trained and its score is not produced.
+
+Models are retrained less often than scores are made: with a state_dir, a run saves its models there
+(`save_models`: each booster as LightGBM's text, its calibration and its test metrics in a JSON manifest,
+as pending files put in place with the rest of the state once the export succeeded), and the runs after
+it score with them (`saved_models`) until as_of is retrain_days past the training run's as_of, or a
+training setting differs (horizon_days, FEATURES, seed, min_positives, max_train_rows, MODEL_FORMAT).
+Scoring then costs no T0 pass and no training, and the same person with the same features keeps the
+same score, so an incremental export rewrites only the people whose features moved.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ibis
@@ -47,6 +57,7 @@ from . import engine
 from .engine import materialize, release
 from .identity import Resolution
 from .profiles import DAY, SCORE_PREFIX, before, cutoff_ts, profile_tables
+from .state import pending
 from .tags import FIRST_PURCHASE, repurchase_name, score_tags
 from .validate import CHANNELS
 
@@ -71,18 +82,33 @@ SCORE_BATCH = 500_000
 # The T0 pass resolves and profiles only as many people as training needs: each population's share of
 # people as of now is sized to offer SAMPLE_MARGIN x max_train_rows OneIDs (fewer people existed at T0).
 SAMPLE_MARGIN = 1.5
+# Saved models (state_dir/MODELS_DIR): bump MODEL_FORMAT when the files or what a model computes from FEATURES
+# change, so that older saved models are retrained rather than misread.
+MODEL_FORMAT = 1
+MODELS_DIR = "models"
+MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
 class Model:
-    """One population's trained model: LightGBM plus the Platt calibration table (x, y knots)."""
+    """One population's trained model: LightGBM's model text plus the Platt calibration table (x, y knots). It
+    predicts with the booster read from `text`, in the run that trains it as in a run that reuses the saved
+    text, so a reused model scores exactly as it did when fresh."""
 
     name: str  # the score it produces
-    clf: lgb.LGBMClassifier
+    text: str  # lgb.Booster.model_to_string()
     calibration: tuple[list[float], list[float]]
+    booster: lgb.Booster = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "booster", lgb.Booster(model_str=self.text))
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        """The class-weighted probability before calibration."""
+        return self.booster.predict(X)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.interp(self.clf.predict_proba(X)[:, 1], *self.calibration)
+        return np.interp(self.raw(X), *self.calibration)
 
 
 # --- features and labels (Ibis) -----------------------------------------------------------------------------
@@ -201,8 +227,9 @@ def fit(frame: pd.DataFrame, name: str, seed: int, min_positives: int,
     pos = int(y[train].sum())
     clf = lgb.LGBMClassifier(**{**PARAMS, "scale_pos_weight": (int(train.sum()) - pos) / pos, "random_state": seed})
     clf.fit(X[train], y[train])
-    model = Model(name, clf, calibration_table(clf.predict_proba(X[valid])[:, 1], y[valid]))
-    raw = clf.predict_proba(X[test])[:, 1]
+    text = clf.booster_.model_to_string()
+    model = Model(name, text, calibration_table(lgb.Booster(model_str=text).predict(X[valid]), y[valid]))
+    raw = model.raw(X[test])
     info.update({"split": {"train": int(train.sum()), "valid": int(valid.sum()), "test": int(test.sum())},
                  "scale_pos_weight": round(clf.get_params()["scale_pos_weight"], 3),
                  "test": metrics(y[test], model.predict(X[test])),
@@ -210,7 +237,7 @@ def fit(frame: pd.DataFrame, name: str, seed: int, min_positives: int,
                  "baseline": None if baseline is None else {
                      "rule": f"the smaller {baseline}, the likelier",
                      "auc": round(float(roc_auc_score(y[test], -frame[baseline].fillna(1e9).to_numpy()[test])), 4)},
-                 "importance": dict(sorted(zip(FEATURES, clf.booster_.feature_importance("gain").round(1).tolist(),
+                 "importance": dict(sorted(zip(FEATURES, model.booster.feature_importance("gain").round(1).tolist(),
                                                strict=True), key=lambda kv: -kv[1])[:5])})
     return model, info
 
@@ -298,52 +325,177 @@ def training_set(tables: dict[str, ir.Table], res_now: Resolution, as_of: dt.dat
     return past, release_all
 
 
-def run(tables: dict[str, ir.Table], res_now: Resolution, profiles_now: ir.Table, as_of: dt.date, work: Path,
-        horizon_days: int = 30, min_positives: int = 50, max_train_rows: int = 500_000, seed: int = 7,
-        guardrails=None, progress: Callable[[str], None] | None = None) -> dict:
-    """Train on (features as of T0, labels in [T0, as_of)) and score everyone as of as_of.
+def training_settings(horizon_days: int, min_positives: int, max_train_rows: int, seed: int) -> dict:
+    """What saved models must have been trained with for a run to reuse them (recorded in their manifest)."""
+    return {"format": MODEL_FORMAT, "features": list(FEATURES), "horizon_days": horizon_days, "seed": seed,
+            "min_positives": min_positives, "max_train_rows": max_train_rows}
 
-    res_now must carry tags (profile_tables(..., tags=True)). Returns the summary: per model its counts and
-    test metrics, or why it was skipped; `file` is the Parquet of scores (absent when no model was trained).
-    """
-    say = progress or (lambda _msg: None)
+
+class Unusable(Exception):
+    """Saved models a run cannot reuse; the message says why."""
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def save_models(directory: Path, summary: dict, models: dict[bool, Model], settings: dict, as_of: dt.date) -> None:
+    """The run's models into `directory` as pending files (cdp.state; put in place once the export succeeded):
+    per trained model its LightGBM text `{name}.txt`, and MANIFEST with the training settings, trained_as_of,
+    T0 and per model the summary's info (test metrics, or why it was skipped), its calibration and its text's
+    sha256."""
+    directory.mkdir(parents=True, exist_ok=True)
+    trained = {m.name: m for m in models.values()}
+    entries = {}
+    for name, info in summary["models"].items():
+        entries[name] = {"info": info}
+        if name in trained:
+            file = f"{name}.txt"
+            pending(directory / file).write_text(trained[name].text, encoding="utf-8")
+            entries[name].update(file=file, sha256=_sha256(trained[name].text),
+                                 calibration=[list(k) for k in trained[name].calibration])
+    manifest = {**settings, "trained_as_of": as_of.isoformat(), "t0": summary["t0"],
+                "label_window": summary["label_window"], "people_share": summary["people_share"],
+                "models": entries}
+    pending(directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+def load_models(directory: Path, settings: dict) -> tuple[dict, dict[bool, Model]]:
+    """(manifest, {buyer: Model} of the trained ones) saved in `directory` by save_models; raises Unusable,
+    saying why, when they were trained with other settings or a file is missing, altered or unreadable."""
+    names = {FIRST: False, repurchase_name(settings["horizon_days"]): True}
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        differs = [f"{key} {manifest.get(key)!r} (this run: {value!r})" for key, value in settings.items()
+                   if manifest.get(key) != value]
+        if differs:
+            raise Unusable(f"they were trained with {', '.join(differs)}")
+        if set(manifest["models"]) != set(names):
+            raise Unusable(f"{MANIFEST} lists models {sorted(manifest['models'])}, expected {sorted(names)}")
+        dt.date.fromisoformat(manifest["trained_as_of"])
+        models = {}
+        for name, entry in manifest["models"].items():
+            if "skipped" in entry["info"]:  # not trained in the training run: no score until the next one
+                continue
+            text = (directory / entry["file"]).read_text(encoding="utf-8")
+            if _sha256(text) != entry["sha256"]:
+                raise Unusable(f"{entry['file']} is not the file {MANIFEST} describes (its sha256 differs)")
+            xs, ys = entry["calibration"]
+            model = Model(name, text, ([float(x) for x in xs], [float(y) for y in ys]))
+            if model.booster.num_feature() != len(FEATURES) or len(xs) != len(ys):
+                raise Unusable(f"{entry['file']} has {model.booster.num_feature()} features, expected {len(FEATURES)}")
+            models[names[name]] = model
+    except (OSError, ValueError, KeyError, TypeError, lgb.basic.LightGBMError) as exc:
+        raise Unusable(f"they could not be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    return manifest, models
+
+
+def saved_models(state_dir: Path, as_of: dt.date, settings: dict,
+                 retrain_days: int) -> tuple[dict | None, dict[bool, Model], str]:
+    """(manifest, models, note) of the models the last published run saved in state_dir when this run may
+    reuse them: trained with `settings`, fewer than retrain_days days before as_of; else (None, {}, why not)."""
+    directory = Path(state_dir) / MODELS_DIR
+    if retrain_days == 0:
+        return None, {}, "retrain_days is 0: the models are trained every run"
+    if not (directory / MANIFEST).exists():
+        return None, {}, f"no saved models in {directory} yet"
+    try:
+        manifest, models = load_models(directory, settings)
+    except Unusable as exc:
+        return None, {}, f"the saved models in {directory} are not reused: {exc}"
+    trained = dt.date.fromisoformat(manifest["trained_as_of"])
+    age = (as_of - trained).days
+    if age < 0:
+        return None, {}, f"the saved models were trained as of {trained}, after this run's as_of {as_of}"
+    if age >= retrain_days:
+        return None, {}, f"the saved models were trained as of {trained}, {age} days ago (retrain_days {retrain_days})"
+    return manifest, models, f"reused, trained as of {trained}, {age} of {retrain_days} days"
+
+
+def train(tables: dict[str, ir.Table], res_now: Resolution, as_of: dt.date, horizon_days: int, min_positives: int,
+          max_train_rows: int, seed: int, guardrails, say: Callable[[str], None],
+          lap: Callable[[str], float]) -> tuple[dict, dict[bool, Model]]:
+    """(summary, {buyer: Model}): the T0 pass over a sample of people and one model per population."""
     t0 = as_of - dt.timedelta(days=horizon_days)
-    clock = time.perf_counter()
-    seconds = {}
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[step] = round(now - clock, 3)
-        clock = now
-
     share = people_share(res_now, max_train_rows)
     past, release_past = training_set(tables, res_now, as_of, horizon_days, guardrails, share)
-    lap("training_set")
     say(f"[cdp]   training set as of T0 {t0} (OneIDs, profiles, tags, labels) of {share:.1%} of the people: "
-        f"{seconds['training_set']:.1f}s")
-    repurchase = repurchase_name(horizon_days)
+        f"{lap('training_set'):.1f}s")
     summary: dict = {"t0": t0.isoformat(), "label_window": [t0.isoformat(), as_of.isoformat()],
-                     "horizon_days": horizon_days, "people_share": round(share, 6), "models": {},
-                     "seconds": seconds}
+                     "horizon_days": horizon_days, "people_share": round(share, 6), "models": {}}
     models: dict[bool, Model] = {}
-    for is_buyer, name in ((False, FIRST), (True, repurchase)):
+    for is_buyer, name in ((False, FIRST), (True, repurchase_name(horizon_days))):
         rows = sample(past.filter(past.buyer == is_buyer), max_train_rows, within=share)
         frame = rows.to_pandas().sort_values("one_id", ignore_index=True)
         model, info = fit(frame, name, seed, min_positives, BASELINE[is_buyer])
-        lap(name)
+        took = lap(name)
         summary["models"][name] = info
         if model is None:
             say(f"[cdp]   {name}: not trained: {info['skipped']}")
             continue
         models[is_buyer] = model
-        say(f"[cdp]   {name}: {describe(info)} ({seconds[name]:.1f}s)")
+        say(f"[cdp]   {name}: {describe(info)} ({took:.1f}s)")
     release_past()
+    return summary, models
+
+
+def run(tables: dict[str, ir.Table], res_now: Resolution, profiles_now: ir.Table, as_of: dt.date, work: Path,
+        horizon_days: int = 30, min_positives: int = 50, max_train_rows: int = 500_000, seed: int = 7,
+        guardrails=None, progress: Callable[[str], None] | None = None, state_dir: Path | None = None,
+        retrain_days: int = 7, save: bool = True) -> dict:
+    """Train on (features as of T0, labels in [T0, as_of)), or reuse the models saved in state_dir
+    (saved_models), and score everyone as of as_of. With state_dir and `save`, trained models are saved there
+    as pending files (save_models).
+
+    res_now must carry tags (profile_tables(..., tags=True)). Returns the summary: per model its counts and
+    test metrics (the training run's when reused), or why it was skipped; `training` says whether the models
+    were trained or reused; `file` is the Parquet of scores (absent when no model was trained).
+    """
+    say = progress or (lambda _msg: None)
+    clock = time.perf_counter()
+    seconds = {}
+
+    def lap(step: str) -> float:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = round(now - clock, 3)
+        clock = now
+        return seconds[step]
+
+    settings = training_settings(horizon_days, min_positives, max_train_rows, seed)
+    manifest, models, note = (None, {}, None) if state_dir is None else saved_models(state_dir, as_of, settings,
+                                                                                     retrain_days)
+    if manifest is not None:
+        trained_as_of = dt.date.fromisoformat(manifest["trained_as_of"])
+        summary = {"t0": manifest["t0"], "label_window": manifest["label_window"], "horizon_days": horizon_days,
+                   "people_share": manifest["people_share"],
+                   "models": {name: entry["info"] for name, entry in manifest["models"].items()},
+                   "training": {"models": "reused", "note": note, "trained_as_of": trained_as_of.isoformat(),
+                                "age_days": (as_of - trained_as_of).days, "retrain_days": retrain_days,
+                                "from": str(Path(state_dir) / MODELS_DIR),
+                                "metrics": f"test metrics of the training run as of {trained_as_of}"}}
+        say(f"[cdp]   models {note} ({Path(state_dir) / MODELS_DIR}; T0 {manifest['t0']}; the test metrics are "
+            f"that run's): {lap('load_models'):.1f}s")
+        for name, info in summary["models"].items():
+            say(f"[cdp]   {name}: " + (f"not trained in that run: {info['skipped']}" if "skipped" in info
+                                       else f"{describe(info)} (training run as of {trained_as_of})"))
+    else:
+        if note:
+            say(f"[cdp]   training the models: {note}")
+        summary, models = train(tables, res_now, as_of, horizon_days, min_positives, max_train_rows, seed,
+                                guardrails, say, lap)
+        summary["training"] = {"models": "trained", "trained_as_of": as_of.isoformat()}
+        if state_dir is not None:
+            summary["training"].update(note=note, retrain_days=retrain_days)
+            if save:
+                save_models(Path(state_dir) / MODELS_DIR, summary, models, settings, as_of)
+                summary["training"]["saved"] = str(Path(state_dir) / MODELS_DIR)  # once the export succeeded
+    summary["seconds"] = seconds
     if not models:
         return summary
     path = Path(work) / "scores.parquet"
     now = features_as_of(tables, res_now, profiles_now, cutoff_ts(as_of))
-    summary["scored"] = score(now, models, path, (FIRST, repurchase))
+    summary["scored"] = score(now, models, path, (FIRST, repurchase_name(horizon_days)))
     summary["file"] = str(path)
     lap("scoring")
     return summary
@@ -361,11 +513,13 @@ def describe(info: dict) -> str:
 
 
 def stage(cfg, tables: dict[str, ir.Table], res: Resolution, profiles: ir.Table, as_of: dt.date, work: Path,
-          guardrails=None, progress: Callable[[str], None] | None = None) -> tuple[dict, ir.Table]:
+          guardrails=None, progress: Callable[[str], None] | None = None, state_dir: Path | None = None,
+          save: bool = True) -> tuple[dict, ir.Table]:
     """The pipeline's `predictive` stage (cfg: cdp.config.PredictiveConfig): (summary, res.tags with the
-    score columns added, null where a OneID has no score)."""
+    score columns added, null where a OneID has no score). With state_dir, models saved there are reused
+    while young enough (cfg.retrain_days), and trained ones are saved there unless `save` is False."""
     summary = run(tables, res, profiles, as_of, work, cfg.horizon_days, cfg.min_positives, cfg.max_train_rows,
-                  cfg.seed, guardrails, progress)
+                  cfg.seed, guardrails, progress, state_dir, cfg.retrain_days, save)
     names = score_tags(cfg.horizon_days)
     if "file" in summary:
         scores = res.tags._find_backend().read_parquet(summary["file"])
@@ -377,10 +531,14 @@ def stage(cfg, tables: dict[str, ir.Table], res: Resolution, profiles: ir.Table,
 
 
 def headline(summary: dict) -> str:
-    """The stage's progress line: AUC per model, or why it was skipped."""
-    parts = [f"T0 {summary['t0']}, labels {summary['label_window'][0]}..{summary['label_window'][1]}"]
+    """The stage's progress line: trained or reused, AUC per model (the training run's), or why it was skipped."""
+    training = summary.get("training", {})
+    reused = training.get("models") == "reused"
+    parts = [f"models {training['note']}" if reused else "models trained" + (", saved" if "saved" in training else ""),
+             f"T0 {summary['t0']}, labels {summary['label_window'][0]}..{summary['label_window'][1]}"]
     for name, info in summary["models"].items():
-        parts.append(f"{name}: skipped" if "skipped" in info else f"{name}: test AUC {info['test']['auc']}")
+        parts.append(f"{name}: skipped" if "skipped" in info else
+                     f"{name}: test AUC {info['test']['auc']}" + (" (training run)" if reused else ""))
     if "scored" in summary:
         parts.append(f"{summary['scored']:,} OneIDs scored")
     return "; ".join(parts)

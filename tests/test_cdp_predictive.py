@@ -4,6 +4,7 @@ the right populations in the tags table and in the Redis profile, a clear skip w
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 
 import numpy as np
@@ -11,12 +12,15 @@ import pandas as pd
 import pytest
 import redis
 
-from cdp import engine, identity, ingest, predictive
+from cdp import engine, identity, ingest, pipeline, predictive
 from cdp import tags as cdp_tags
-from cdp.config import CdpConfig, PredictiveConfig
-from cdp.pipeline import build, read_tables, run_config
+from cdp.config import CdpConfig, PredictiveConfig, load_config
+from cdp.pipeline import build, read_tables, report, run_config
 from cdp.profiles import cutoff_ts, profile_tables
+from cdp.state import commit_state
 from rta_service import keyspace
+from rta_service.embedded_redis import free_port
+from rta_service.settings import SettingsError
 from simulate.world import simulate
 
 AS_OF = dt.date(2026, 6, 1)
@@ -251,3 +255,174 @@ def test_spark_gives_the_same_training_set_and_scores(tmp_path_factory, spark):
     duck, sprk = (o[1] for o in out.values())
     assert duck["one_id"].tolist() == sprk["one_id"].tolist()
     np.testing.assert_allclose(duck.drop(columns="one_id"), sprk.drop(columns="one_id"), atol=1e-12)
+
+
+# --- saved models: trained every retrain_days, reused in between ----------------------------------------------
+
+def _with_new_person(world, to):
+    """A copy of `world` plus one new person: a store member of 100 days with a phone hash no one else has."""
+    shutil.copytree(world, to)
+    members = pd.read_parquet(to / "memberships.parquet")
+    row = {c: None for c in members.columns}
+    row.update(record_id="r99999999", channel="store", created_ts=cutoff_ts(AS_OF) - 100 * 86400, is_member=True,
+               phone_hash="f" * 32, store_id=members["store_id"].dropna().iloc[0])
+    pd.concat([members, pd.DataFrame([row]).astype(members.dtypes.to_dict())],
+              ignore_index=True).to_parquet(to / "memberships.parquet", index=False)
+    return to
+
+
+def _scores(work) -> pd.DataFrame:
+    scores = pd.read_parquet(work / "tags.parquet", columns=["one_id", predictive.FIRST, REPURCHASE])
+    return scores.set_index("one_id").sort_index()
+
+
+def test_saved_models_are_reused_and_score_exactly_as_when_fresh(world, redis_url, tmp_path):
+    state = tmp_path / "state"
+    bigger = _with_new_person(world, tmp_path / "bigger")
+
+    def run(name, input_dir, **predictive_settings):
+        lines = []
+        cfg = CdpConfig(input=input_dir, work_dir=tmp_path / name, state_dir=state, redis_url=redis_url,
+                        namespace="reuse", grace_s=0, export_mode="incremental",
+                        predictive=PredictiveConfig(**predictive_settings))
+        return run_config(cfg, progress=lines.append), lines, _scores(tmp_path / name)
+
+    first, _lines, trained = run("trained", world)
+    assert first["predictive"]["training"]["models"] == "trained"
+    assert first["predictive"]["training"]["note"] == f"no saved models in {state / 'models'} yet"
+    saved = json.loads((state / "models" / "manifest.json").read_text())
+    assert saved["trained_as_of"] == AS_OF.isoformat() and saved["horizon_days"] == HORIZON
+    assert saved["features"] == list(predictive.FEATURES) and not list(state.rglob("*.pending"))
+
+    again, lines, reused = run("reused", world)
+    training = again["predictive"]["training"]
+    assert training["models"] == "reused" and training["note"] == f"reused, trained as of {AS_OF}, 0 of 7 days"
+    assert again["predictive"]["models"] == first["predictive"]["models"]  # the training run's test metrics
+    assert "training_set" not in again["predictive"]["seconds"]  # no T0 pass, no training
+    assert any("models reused, trained as of" in line and "0 of 7 days" in line for line in lines)
+    assert any("[cdp] predictive" in line and "(training run)" in line for line in lines)
+    pd.testing.assert_frame_equal(reused, trained)  # bit for bit, not approximately
+    assert again["export"]["keys_written"] == 0  # nothing moved, so nothing is rewritten
+
+    grown, _lines, added = run("added", bigger)
+    assert grown["predictive"]["training"]["models"] == "reused"
+    assert len(added) == len(trained) + 1
+    pd.testing.assert_frame_equal(added.loc[trained.index], trained)  # nobody else's score moved
+    assert grown["export"]["keys_written"] == 0  # the new person has no device IDs
+
+    retrained, _lines, _ = run("retrained", bigger, retrain_days=0)
+    assert retrained["predictive"]["training"]["models"] == "trained"
+    assert "retrain_days is 0" in retrained["predictive"]["training"]["note"]
+    assert retrained["predictive"]["models"][predictive.FIRST] != first["predictive"]["models"][predictive.FIRST]
+
+
+@pytest.fixture(scope="module")
+def saved_state(world, tmp_path_factory):
+    """A state_dir holding the models of a published run as of AS_OF (built, then committed as after an export)."""
+    state = tmp_path_factory.mktemp("predictive-state")
+    cfg = CdpConfig(input=world, work_dir=tmp_path_factory.mktemp("predictive-saved"), state_dir=state)
+    _con, stages, *_ = build(cfg)
+    commit_state(state)
+    assert stages.predictive["training"]["models"] == "trained"
+    return state
+
+
+def _first_model_file(state):
+    return state / "models" / f"{predictive.FIRST}.txt"
+
+
+@pytest.mark.parametrize("change, note", [
+    ("horizon", "they were trained with horizon_days 30 (this run: 14)"),
+    ("seed", "they were trained with seed 7 (this run: 8)"),
+    ("corrupt", "p_first_purchase.txt is not the file manifest.json describes (its sha256 differs)"),
+    ("unparsable", "they could not be read (LightGBMError"),
+    ("missing", "they could not be read (FileNotFoundError"),
+    ("manifest", "they could not be read (JSONDecodeError"),
+    ("old", f"trained as of {AS_OF}, 7 days ago (retrain_days 7)"),
+    ("earlier", f"trained as of {AS_OF}, after this run's as_of {AS_OF - dt.timedelta(days=1)}"),
+])
+def test_unusable_saved_models_are_retrained_with_a_note(world, saved_state, tmp_path, change, note):
+    state = tmp_path / "state"
+    shutil.copytree(saved_state, state)
+    settings, as_of = {}, AS_OF
+    if change == "horizon":
+        settings["horizon_days"] = 14
+    elif change == "seed":
+        settings["seed"] = 8
+    elif change == "corrupt":
+        text = _first_model_file(state).read_text()
+        _first_model_file(state).write_text(text.replace("leaf_value=", "leaf_value=1", 1))
+    elif change == "unparsable":  # the manifest made to agree, so that LightGBM itself reads the file
+        _first_model_file(state).write_text("tree\nnot a model\n")
+        manifest = json.loads((state / "models" / "manifest.json").read_text())
+        manifest["models"][predictive.FIRST]["sha256"] = predictive._sha256("tree\nnot a model\n")
+        (state / "models" / "manifest.json").write_text(json.dumps(manifest))
+    elif change == "missing":
+        _first_model_file(state).unlink()
+    elif change == "manifest":
+        (state / "models" / "manifest.json").write_text('{"format": 1, "trained')
+    else:
+        as_of = AS_OF + dt.timedelta(days=7) if change == "old" else AS_OF - dt.timedelta(days=1)
+    lines = []
+    cfg = CdpConfig(input=world, work_dir=tmp_path / "work", state_dir=state, as_of=as_of,
+                    predictive=PredictiveConfig(**settings))
+    _con, stages, *_ = build(cfg, progress=lines.append)
+    training = stages.predictive["training"]
+    assert training["models"] == "trained" and note in training["note"], training
+    assert any(line.startswith("[cdp]   training the models: ") and note in line for line in lines)
+    assert stages.predictive["scored"] > 30000
+    # saved as pending: put in place only once the run's export succeeds (commit_state)
+    assert (state / "models" / "manifest.json.pending").exists()
+
+
+def test_a_report_reuses_saved_models_but_never_saves_any(world, saved_state, tmp_path):
+    state = tmp_path / "state"
+    shutil.copytree(saved_state, state)
+    before = {p: p.read_bytes() for p in (state / "models").iterdir()}
+    cfg = CdpConfig(input=world, work_dir=tmp_path / "reused", state_dir=state,
+                    as_of=AS_OF + dt.timedelta(days=3))
+    out = report(cfg)
+    assert out["predictive"]["training"]["note"] == f"reused, trained as of {AS_OF}, 3 of 7 days"
+    cfg = cfg.model_copy(update={"work_dir": tmp_path / "trained", "predictive": PredictiveConfig(retrain_days=0)})
+    out = report(cfg)
+    assert out["predictive"]["training"]["models"] == "trained" and "saved" not in out["predictive"]["training"]
+    assert {p: p.read_bytes() for p in (state / "models").iterdir()} == before
+
+
+def test_a_skipped_model_stays_skipped_while_its_models_are_reused(world, tmp_path):
+    state = tmp_path / "state"
+    cfg = CdpConfig(input=world, work_dir=tmp_path / "trained", state_dir=state,
+                    predictive=PredictiveConfig(min_positives=100_000))
+    _con, stages, *_ = build(cfg)
+    commit_state(state)
+    assert "file" not in stages.predictive
+    _con, stages, _profiles, _index, res, _as_of = build(cfg.model_copy(update={"work_dir": tmp_path / "reused"}))
+    assert stages.predictive["training"]["models"] == "reused"
+    assert all("skipped" in info for info in stages.predictive["models"].values())
+    tags = res.tags.to_pandas()
+    assert tags[predictive.FIRST].isna().all() and tags[REPURCHASE].isna().all()
+
+
+def test_models_trained_by_a_run_whose_export_fails_are_not_kept(world, saved_state, tmp_path, redis_url,
+                                                                   monkeypatch):
+    state = tmp_path / "state"
+    shutil.copytree(saved_state, state)
+    manifest = (state / "models" / "manifest.json").read_bytes()
+    week_later = CdpConfig(input=world, work_dir=tmp_path / "failed", state_dir=state, as_of=AS_OF + dt.timedelta(7),
+                           redis_url=f"redis://127.0.0.1:{free_port()}/0", grace_s=0)
+    monkeypatch.setattr(pipeline, "check_redis", lambda *_a, **_k: {})  # as if Redis went away during the run
+    with pytest.raises(redis.ConnectionError):
+        run_config(week_later)
+    assert (state / "models" / "manifest.json.pending").exists()  # trained (7 of 7 days), not put in place
+    assert (state / "models" / "manifest.json").read_bytes() == manifest
+    next_day = CdpConfig(input=world, work_dir=tmp_path / "next", state_dir=state, as_of=AS_OF + dt.timedelta(1),
+                         redis_url=redis_url, grace_s=0)
+    summary = run_config(next_day)
+    assert summary["predictive"]["training"]["note"] == f"reused, trained as of {AS_OF}, 1 of 7 days"
+    assert not list(state.rglob("*.pending")) and (state / "models" / "manifest.json").read_bytes() == manifest
+
+
+def test_retrain_days_is_validated_with_the_other_settings(world):
+    with pytest.raises(SettingsError, match=r"predictive\.retrain_days.*greater than or equal to 0"):
+        load_config(None, input=world, predictive={"retrain_days": -1})
+    assert load_config(None, input=world).predictive.retrain_days == 7
