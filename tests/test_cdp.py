@@ -538,6 +538,7 @@ def test_a_run_with_state_dir_writes_its_merges_and_splits_and_a_report_only_rea
         run_config(down)
     assert (state / "identifiers.parquet").read_bytes() == saved
     assert not (state / "oneid_changes").exists()
+    assert not list(state.rglob("*.pending"))  # this run's pending files went with it
 
 
 def test_a_backfilled_account_keeps_its_persons_oneid_through_a_run_with_state_dir(small_world, tmp_path, redis_url):
