@@ -1,7 +1,8 @@
 """A run's files in state_dir (the OneID map and its change log, the predictive models) are written as
 pending files beside the published ones and put in place together by `commit_state` once the run's export
 has succeeded; a run that fails discards its own (and the next run that saves state any left by a run that
-was killed), so the state stays as the last published run wrote it. (The export's own digests are written by cdp/export.py.)"""
+was killed), so the state stays as the last published run wrote it. (The export's own digests are written
+by cdp/export.py.)"""
 
 from __future__ import annotations
 
