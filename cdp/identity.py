@@ -396,20 +396,10 @@ def _moved(pairs: ir.Table) -> ir.Table:
     return parts[0].union(parts[1], distinct=False).union(parts[2], distinct=False)
 
 
-def change_log(previous: ir.Table, current: ir.Table) -> ir.Table:
-    """[change, old_one_id, new_one_id]: every merge, split and rename between two runs' [key, one_id] maps
-    (see _moved). A OneID that kept its keys (or gained new ones) under its id is absent."""
-    return _moved(_pairs(previous, current))
-
-
-def changes(previous: ir.Table, current: ir.Table) -> dict[str, int]:
-    """compare()'s counts."""
-    return compare(previous, current)[0]
-
-
 def compare(previous: ir.Table, current: ir.Table) -> tuple[dict[str, int], pd.DataFrame]:
     """(counts, log): how OneIDs moved between two runs' [key, one_id] maps (keys present in both runs), and
-    change_log() as a frame sorted by (change, old_one_id, new_one_id).
+    every merge, split and rename (_moved; a OneID that kept its keys, or gained new ones, under its id is
+    absent) as a frame [change, old_one_id, new_one_id] sorted by those columns.
 
     kept: previous OneIDs still in use for some of their keys; merged: previous OneIDs some of whose keys
     now sit under another previous person's id; split: previous OneIDs whose keys now belong to 2+ current
