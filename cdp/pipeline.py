@@ -276,8 +276,7 @@ def run_config(cfg: CdpConfig, progress: Callable[[str], None] | None = None) ->
         exported = publish(cfg, stages, profiles, index, progress)
         commit_state(cfg.state_dir)
     except BaseException:
-        if cfg.state_dir is not None and Path(cfg.state_dir).is_dir():
-            discard_pending(cfg.state_dir)  # the state stays as the last published run left it, and looks it
+        discard_pending(cfg.state_dir)  # the state stays as the last published run left it, and looks it
         raise
     finally:
         stages.close()

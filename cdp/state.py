@@ -16,8 +16,11 @@ def pending(path: Path) -> Path:
     return path.with_name(path.name + PENDING)
 
 
-def discard_pending(state_dir: Path) -> None:
-    """Remove pending files left in state_dir by a run whose export failed."""
+def discard_pending(state_dir: Path | None) -> None:
+    """Remove pending files left in state_dir by a run that failed (nothing without a state_dir, or before
+    a run made it)."""
+    if state_dir is None or not Path(state_dir).is_dir():
+        return
     for stale in Path(state_dir).rglob(f"*{PENDING}"):
         stale.unlink()
 

@@ -342,7 +342,8 @@ def test_a_table_mostly_rejected_fails_the_run_and_a_wrong_input_is_said_before_
     cfg = load_config(input=world, predictive={"enabled": False})
     with pytest.raises(validate.InputError, match=r"max_reject_share 0.2: orders [\d,]+ of [\d,]+ rows \(100%\)"):
         report(cfg)
-    assert report(load_config(input=world, predictive={"enabled": False}, max_reject_share=1))["ingest"]
+    allowed = report(load_config(input=world, predictive={"enabled": False}, max_reject_share=1))
+    assert allowed["ingest"]["tables"]["orders"]["out"] == 0 < allowed["ingest"]["tables"]["orders"]["rejected"]
     down = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(validate.InputError, match="no such directory"):  # not RedisUnavailable
         run_config(load_config(input=tmp_path / "nope", redis_url=down))
