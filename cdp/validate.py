@@ -68,6 +68,7 @@ INT_TEXT = r"^\s*-?[0-9]+\s*$"
 FLOAT_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "t": True, "f": False}
 BATCH_ROWS = 1 << 16
+NOT_UTF8 = "is not UTF-8 text (save the file as UTF-8; GBK is not read)"
 # Timestamps are Unix seconds. An event (an account's creation, an order, a friendship, a WeCom event) must
 # fall in [2000-01-01, 2100-01-01): a value past 2100 is almost always milliseconds (or microseconds), which
 # would put every event after the cutoff and silently count nothing. A store may have opened before 2000;
@@ -116,8 +117,7 @@ def _open(path: Path, table: str) -> tuple[list[str], object, list[tuple[int, in
         except pa.ArrowInvalid as e:
             raise _csv_error(path, e, None) from None
         except UnicodeDecodeError:
-            raise InputError(f"{path}: the header row is not UTF-8 text (save the file as UTF-8; GBK is not read)"
-                             ) from None
+            raise InputError(f"{path}: the header row {NOT_UTF8}") from None
         batches = _csv_batches(path, reader)
     else:
         try:
@@ -157,7 +157,7 @@ def _csv_error(path: Path, error: pa.ArrowInvalid, names: list[str] | None) -> I
         where = "the header row" if line <= 1 else f"row {line - 1}"
         if names and line > 1 and field < len(names):
             where += f", field {names[field]}"
-        return InputError(f"{path}: {where} is not UTF-8 text (save the file as UTF-8; GBK is not read)")
+        return InputError(f"{path}: {where} {NOT_UTF8}")
     return InputError(f"{path}: not a readable CSV file (a quote left open?)")  # Arrow's text quotes the values
 
 
